@@ -1,0 +1,1 @@
+"""The ``obsdb`` command line (installed as ``obsdb.cli``)."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the obsdb schema, installed as ``obsdb.migrations``."""

@@ -1,0 +1,131 @@
+"""Where obsdb keeps things and how it is tuned.
+
+Settings come from three places, later ones winning: built-in defaults, an optional TOML
+file (``OBSDB_CONFIG`` or ``--config``), and environment variables (``OBSDB_HOME``,
+``OBSDB_DATABASE_URL``). Everything obsdb writes lives under directories named here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOME = Path("~/.local/share/obsdb")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or has a bad value."""
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """How the watcher decides a file is complete and how often it rescans."""
+
+    settle_seconds: float = 2.0
+    rescan_seconds: float = 60.0
+    polling: bool = False
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Site:
+    """The observatory; used for the observing night and (later) airmass and BJD."""
+
+    name: str | None = None
+    lat: float | None = None
+    lon: float | None = None  # degrees, east positive
+    height: float | None = None  # metres
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved configuration of one obsdb process."""
+
+    home: Path
+    database_url: str | None = None
+    config_path: Path | None = None
+    site: Site = field(default_factory=Site)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    instruments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """True when obsdb runs its own PostgreSQL under ``home``."""
+        return self.database_url is None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.home / "pgdata"
+
+    @property
+    def products_dir(self) -> Path:
+        return self.home / "products"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] in the config file must be a table")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) in [{section}]: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**values)
+    except TypeError as exc:  # pragma: no cover - dataclass signature errors
+        raise ConfigError(f"[{section}]: {exc}") from exc
+
+
+def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the environment and the optional TOML file into :class:`Settings`.
+
+    Parameters
+    ----------
+    config_path
+        A TOML file; when None, ``OBSDB_CONFIG`` is used if set.
+    """
+    path_text = config_path if config_path is not None else os.environ.get("OBSDB_CONFIG")
+    data: dict[str, Any] = {}
+    path: Path | None = None
+    if path_text:
+        path = Path(path_text).expanduser()
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+    home_text = os.environ.get("OBSDB_HOME") or data.get("home") or str(DEFAULT_HOME)
+    home = Path(home_text).expanduser().resolve()
+    database_url = os.environ.get("OBSDB_DATABASE_URL") or data.get("database_url") or None
+
+    instruments = _section(data, "instruments")
+    for name, profile in instruments.items():
+        if not isinstance(profile, dict):
+            raise ConfigError(f"[instruments.{name}] must be a table")
+
+    return Settings(
+        home=home,
+        database_url=database_url,
+        config_path=path,
+        site=_build(Site, _section(data, "site"), "site"),
+        watch=_build(WatchSettings, _section(data, "watch"), "watch"),
+        instruments=instruments,
+        pipeline=_section(data, "pipeline"),
+    )

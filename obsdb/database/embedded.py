@@ -1,0 +1,52 @@
+"""The embedded PostgreSQL that obsdb runs when no server is configured.
+
+pgserver ships PostgreSQL binaries in a wheel and shares one server among every process
+that asks for the same data directory (an inter-process lock guards start-up, and the
+server stops when the last process using it exits), which is what makes two obsdb
+commands started at once safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+DATABASE_NAME = "obsdb"
+
+# The server object must live as long as the process: pgserver stops the server (when no
+# other process uses it) from an atexit hook tied to this object.
+_servers: dict[Path, object] = {}
+
+
+def embedded_url(pgdata: Path) -> str:
+    """Start (or join) the embedded server under ``pgdata``; return a SQLAlchemy URL."""
+    import pgserver  # imported here: starting it is only needed without a server
+
+    pgdata = pgdata.resolve()
+    server = _servers.get(pgdata)
+    if server is None:
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        _servers[pgdata] = server
+        log.debug("embedded PostgreSQL running in %s", pgdata)
+    _ensure_database(server.get_uri())  # type: ignore[attr-defined]
+    uri = server.get_uri(DATABASE_NAME)  # type: ignore[attr-defined]
+    return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _ensure_database(admin_uri: str) -> None:
+    with psycopg.connect(admin_uri, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+        ).fetchone()
+        if exists:
+            return
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+        except psycopg.errors.DuplicateDatabase:
+            pass  # another obsdb process created it a moment ago

@@ -1,0 +1,1 @@
+"""Long-running obsdb services (installed as ``obsdb.services``): watcher, worker, daemon."""
