@@ -13,6 +13,8 @@ from sqlalchemy.orm import sessionmaker
 
 from obsdb.config import ConfigError, Settings, load_settings
 from obsdb.database import SchemaOutOfDate, connect, ensure_schema
+from obsdb.ingest import Ingestor
+from obsdb.instruments import ProfileError
 
 
 @dataclass
@@ -46,6 +48,14 @@ class AppContext:
 
     def sessions(self) -> sessionmaker:
         return self.database()[1]
+
+    def ingestor(self) -> Ingestor:
+        """An Ingestor on this database; a bad instrument profile becomes advice."""
+        try:
+            return Ingestor(self.sessions(), self.settings)
+        except ProfileError as exc:
+            where = self.settings.config_path or "the config file"
+            raise click.ClickException(f"instrument profile in {where}: {exc}") from exc
 
 
 pass_app = click.make_pass_decorator(AppContext, ensure=True)

@@ -8,7 +8,7 @@ import click
 from tqdm import tqdm
 
 from obsdb.cli.context import AppContext, pass_app
-from obsdb.ingest import Ingestor, iter_candidate_files
+from obsdb.ingest import iter_candidate_files
 
 
 @click.command("ingest")
@@ -24,7 +24,7 @@ def ingest(app: AppContext, paths: tuple[str, ...], fmt: str, progress: bool | N
     files that cannot be read are recorded and copied into the quarantine folder.
     Exits with status 1 when any file was rejected.
     """
-    ingestor = Ingestor(app.sessions(), app.settings)
+    ingestor = app.ingestor()
     files = list(iter_candidate_files(paths))
     disable = None if progress is None else not progress
     with tqdm(total=len(files), unit="file", disable=disable, file=click.get_text_stream("stderr")) as bar:
@@ -35,7 +35,8 @@ def ingest(app: AppContext, paths: tuple[str, ...], fmt: str, progress: bool | N
         counts = report.counts()
         click.echo(
             f"{len(report.outcomes)} files: {counts.get('new', 0)} new, "
-            f"{counts.get('new_version', 0)} new versions, {counts.get('unchanged', 0)} unchanged, "
+            f"{counts.get('new_version', 0)} new versions, {counts.get('moved', 0)} moved, "
+            f"{counts.get('unchanged', 0)} unchanged, "
             f"{counts.get('duplicate', 0)} duplicates, {len(report.failures)} failed"
         )
         by_type = report.by_type()
@@ -58,7 +59,7 @@ def watch(app: AppContext, dirs: tuple[str, ...], polling: bool | None, settle: 
     """Watch DIRS and ingest every new FITS file once it is complete. Stop with Ctrl-C/SIGTERM."""
     from obsdb.services.watcher import Watcher
 
-    ingestor = Ingestor(app.sessions(), app.settings)
+    ingestor = app.ingestor()
     watch_settings = app.settings.watch
     Watcher(
         [*dirs],
@@ -67,6 +68,7 @@ def watch(app: AppContext, dirs: tuple[str, ...], polling: bool | None, settle: 
         rescan_seconds=watch_settings.rescan_seconds if rescan is None else rescan,
         polling=watch_settings.polling if polling is None else polling,
         poll_interval=watch_settings.poll_interval,
+        give_up_seconds=watch_settings.give_up_seconds,
     ).run_forever()
 
 

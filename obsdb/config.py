@@ -28,6 +28,9 @@ class WatchSettings:
     rescan_seconds: float = 60.0
     polling: bool = False
     poll_interval: float = 1.0
+    # A settled file still incomplete after this long is ingested anyway (and recorded as
+    # truncated); None means max(10 * settle_seconds, 60).
+    give_up_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Ingest: one file, one transaction, one outcome.
 
 Re-ingesting is always safe: a file's content hash is unique, so the same frame copied or
-renamed is recognised as a duplicate; a path whose content changed becomes a new version
+renamed is recognised (a copy is a duplicate, a moved file keeps its frame); a path whose content changed becomes a new version
 and its old frame is marked superseded; a file that cannot be read is recorded with its
 reason and a copy is kept in the quarantine folder. The original file is never modified.
 """
@@ -32,7 +32,7 @@ from obsdb.nights import observing_night
 
 log = logging.getLogger(__name__)
 
-Status = Literal["new", "new_version", "duplicate", "unchanged", "rejected", "missing"]
+Status = Literal["new", "new_version", "duplicate", "moved", "unchanged", "rejected", "missing"]
 
 
 @dataclass(frozen=True)
@@ -225,28 +225,31 @@ class Ingestor:
             session.execute(update(Frame).where(Frame.id == existing.id).values(file_mtime=_mtime(stat)))
             session.commit()
             return IngestOutcome(str(path), "unchanged", existing.id, existing.imagetyp)
+        if not Path(existing.path).exists():
+            return self._moved(session, path, stat, existing)
         return IngestOutcome(
             str(path), "duplicate", existing.id, existing.imagetyp,
             reason=f"same content as frame {existing.id} ({existing.path})",
+        )
+
+    def _moved(self, session: Session, path: Path, stat: os.stat_result, existing) -> IngestOutcome:
+        """The frame's file was renamed or moved (its old path is gone): follow it."""
+        _supersede_live(session, path, "another frame's file was moved onto this path")
+        session.execute(
+            update(Frame).where(Frame.id == existing.id).values(path=str(path), file_mtime=_mtime(stat))
+        )
+        session.commit()
+        return IngestOutcome(
+            str(path), "moved", existing.id, existing.imagetyp, reason=f"moved from {existing.path}"
         )
 
     def _register(self, path, stat, digest, header, profile, info) -> IngestOutcome:
         values = _frame_values(info, self.settings)
         with self.session_factory() as session, session.begin():
             instrument_id = _ensure_instrument(session, _instrument_name(profile, info), profile.name)
-            previous = session.execute(
-                select(Frame.id, Frame.version)
-                .where(Frame.path == str(path), Frame.superseded_at.is_(None))
-                .with_for_update()
-            ).first()
+            previous = _supersede_live(session, path, "the file's content changed; see the newer version")
             version, supersedes = 1, None
             if previous is not None:
-                session.execute(
-                    update(Frame)
-                    .where(Frame.id == previous.id)
-                    .values(superseded_at=datetime.now(UTC), state="superseded",
-                            state_reason="the file's content changed; see the newer version")
-                )
                 version, supersedes = previous.version + 1, previous.id
             frame_id = session.execute(
                 insert(Frame)
@@ -269,7 +272,7 @@ class Ingestor:
                 session.rollback()
                 return IngestOutcome(str(path), "duplicate", reason="same content ingested concurrently")
         status: Status = "new" if supersedes is None else "new_version"
-        log.info("ingested %s as frame %d (%s)", path, frame_id, info.imagetyp)
+        log.debug("ingested %s as frame %d (%s)", path, frame_id, info.imagetyp)
         if self.on_new_frame is not None:
             self.on_new_frame(frame_id, info.imagetyp)
         return IngestOutcome(str(path), status, frame_id, info.imagetyp)
@@ -299,8 +302,24 @@ class Ingestor:
                     row.attempts += 1
                     row.last_seen = now
                     row.reason = reason
-        log.warning("rejected %s: %s", path, reason)
+        log.debug("rejected %s: %s", path, reason)
         return IngestOutcome(str(path), "rejected", reason=f"{kind}: {reason}")
+
+
+def _supersede_live(session: Session, path: Path, reason: str):
+    """Mark the live frame at ``path`` (if any) superseded; return its id and version."""
+    previous = session.execute(
+        select(Frame.id, Frame.version)
+        .where(Frame.path == str(path), Frame.superseded_at.is_(None))
+        .with_for_update()
+    ).first()
+    if previous is not None:
+        session.execute(
+            update(Frame)
+            .where(Frame.id == previous.id)
+            .values(superseded_at=datetime.now(UTC), state="superseded", state_reason=reason)
+        )
+    return previous
 
 
 def _mtime(stat: os.stat_result) -> datetime:
