@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,9 +44,13 @@ def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgserver") / "pgdata", cleanup_mode="stop")
+    # Not under pytest's basetemp: pytest prunes old basetemp folders when another session
+    # starts, which would pull the data directory from under a running server.
+    holder = tempfile.mkdtemp(prefix="obsdb-test-pg-")
+    server = pgserver.get_server(Path(holder) / "pgdata", cleanup_mode="stop")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(holder, ignore_errors=True)
 
 
 def _create_database(admin_url: str, name: str, template: str | None = None) -> None:

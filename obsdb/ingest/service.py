@@ -198,6 +198,8 @@ class Ingestor:
             hdr = read_header(path)
         except FitsFileError as exc:
             return self._reject(path, digest, stat.st_size, exc.kind, exc.reason)
+        except FileNotFoundError:
+            return IngestOutcome(str(path), "missing", reason="file vanished before it could be read")
 
         profile = select_profile(hdr.header, self.profiles)
         info = profile.read(hdr.header, path.name)
