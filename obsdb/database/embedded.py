@@ -9,6 +9,7 @@ commands started at once safe.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,7 @@ from psycopg import sql
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "obsdb"
+_CREATE_LOCK = 0x0B5DB0
 
 # The server object must live as long as the process: pgserver stops the server (when no
 # other process uses it) from an atexit hook tied to this object.
@@ -25,7 +27,11 @@ _servers: dict[Path, object] = {}
 
 def embedded_url(pgdata: Path) -> str:
     """Start (or join) the embedded server under ``pgdata``; return a SQLAlchemy URL."""
-    import pgserver  # imported here: starting it is only needed without a server
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (services, containers) and
+        # falls back to /tmp, which is fine for pgserver's lock file.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver  # imported here: starting it is only needed without a server
 
     pgdata = pgdata.resolve()
     server = _servers.get(pgdata)
@@ -41,12 +47,13 @@ def embedded_url(pgdata: Path) -> str:
 
 def _ensure_database(admin_uri: str) -> None:
     with psycopg.connect(admin_uri, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-        ).fetchone()
-        if exists:
-            return
+        # Two obsdb processes starting on a fresh home must not both create the database.
+        conn.execute("SELECT pg_advisory_lock(%s)", (_CREATE_LOCK,))
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
-        except psycopg.errors.DuplicateDatabase:
-            pass  # another obsdb process created it a moment ago
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_CREATE_LOCK,))
