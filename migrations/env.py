@@ -7,6 +7,7 @@ works: it then connects to ``OBSDB_DATABASE_URL`` (or the embedded database).
 
 from alembic import context
 
+from obsdb.migrations.env_filters import include_name
 from obsdb.models import Base
 
 target_metadata = Base.metadata
@@ -17,6 +18,7 @@ def _run(connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_name=include_name,
         transaction_per_migration=True,
     )
     with context.begin_transaction():

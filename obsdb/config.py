@@ -34,6 +34,42 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class CalibrationSettings:
+    """How masters are built and chosen, and how light frames are reduced."""
+
+    # A calibration group is complete when no new member arrived for this long.
+    quiet_seconds: float = 300.0
+    # A light frame with a master missing waits this long for calibrations, then is
+    # reduced with what exists (some observers never take calibrations).
+    grace_seconds: float = 3600.0
+    # Masters are valid this many days either side of their night.
+    bias_validity_days: float = 60.0
+    dark_validity_days: float = 60.0
+    flat_validity_days: float = 30.0
+    # A master and a frame must agree on CCD temperature within this (when both know it).
+    temperature_tolerance: float = 2.0
+    # Flats outside these levels (ADU, after bias) are not combined; None: 80 % of saturation.
+    flat_min_level: float = 1000.0
+    flat_max_level: float | None = None
+    # Used when neither the header nor the profile gives them.
+    default_gain: float = 1.0
+    default_read_noise: float = 10.0
+    # Reduction steps, in order (BANZAI style: the list lives in configuration).
+    steps: tuple[str, ...] = ("saturation", "overscan", "trim", "bias", "dark", "flat", "cosmics")
+    # Job retries before a frame is marked failed, and the first back-off.
+    max_attempts: int = 3
+    retry_wait_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The job queue's liveness: how fast a killed worker's job is given to another."""
+
+    heartbeat_seconds: float = 10.0
+    stalled_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Site:
     """The observatory; used for the observing night and (later) airmass and BJD."""
 
@@ -52,6 +88,8 @@ class Settings:
     config_path: Path | None = None
     site: Site = field(default_factory=Site)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     instruments: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +132,12 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
         raise ConfigError(f"[{section}]: {exc}") from exc
 
 
+def _calibration_values(values: dict[str, Any]) -> dict[str, Any]:
+    if "steps" in values:
+        values = {**values, "steps": tuple(values["steps"])}
+    return values
+
+
 def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:
     """Read the environment and the optional TOML file into :class:`Settings`.
 
@@ -129,6 +173,8 @@ def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings
         config_path=path,
         site=_build(Site, _section(data, "site"), "site"),
         watch=_build(WatchSettings, _section(data, "watch"), "watch"),
+        calibration=_build(CalibrationSettings, _calibration_values(_section(data, "calibration")), "calibration"),
+        queue=_build(QueueSettings, _section(data, "queue"), "queue"),
         instruments=instruments,
         pipeline=_section(data, "pipeline"),
     )

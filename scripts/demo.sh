@@ -8,7 +8,7 @@ python3 -m venv .venv
 export OBSDB_HOME="${OBSDB_HOME:-$PWD/obsdb-home}"
 unset OBSDB_DATABASE_URL
 obsdb=.venv/bin/obsdb
-$obsdb simulate night --seed 1
+$obsdb simulate night --seed 1 --overwrite
 $obsdb ingest night/raw
 $obsdb status
 $obsdb frames --type light | head -n 12

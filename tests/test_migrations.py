@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, inspect
 from obsdb.database.schema import current_revision, downgrade_schema, ensure_schema, head_revision, upgrade_schema
 from obsdb.database import SchemaOutOfDate
 from obsdb.models import Base
+from obsdb.migrations.env_filters import include_name
 
 import pytest
 
@@ -18,7 +19,8 @@ def test_upgrade_empty_database_to_head_matches_models(empty_db_url):
     upgrade_schema(engine)
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        opts = {"compare_type": True, "include_name": include_name}
+        diff = compare_metadata(MigrationContext.configure(conn, opts=opts), Base.metadata)
     assert diff == [], f"models drifted from the migrations: {diff}"
     engine.dispose()
 

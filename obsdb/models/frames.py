@@ -23,12 +23,16 @@ from obsdb.models.base import Base, created_at_column
 
 IMAGE_TYPES = ("bias", "dark", "flat", "light", "unclassified")
 
-# Life of a frame through the pipeline. 'ingested' is where ingest leaves it; the later
-# states belong to the calibration and photometry stages.
+# Life of a frame through the pipeline. Ingest leaves a frame 'ingested'; a light frame
+# may wait for its calibrations ('waiting'), is 'reduced', then measured (or 'needs_wcs');
+# a calibration frame ends 'combined' into a master or 'unused' (with the reason).
 FRAME_STATES = (
     "ingested",
+    "waiting",
     "calibrating",
     "reduced",
+    "combined",
+    "unused",
     "needs_wcs",
     "measured",
     "failed",
