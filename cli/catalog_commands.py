@@ -40,19 +40,30 @@ def frames(app: AppContext, imagetyp, filter_, night, state, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @pass_app
 def status(app: AppContext, fmt: str) -> None:
-    """Counts by frame type and state, and every failure with its reason."""
+    """Counts by frame type and state, the job queue, and every failure with its reason."""
+    print_status(app, fmt)
+
+
+def print_status(app: AppContext, fmt: str = "text") -> None:
     with app.sessions()() as session:
         summary = status_summary(session)
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2, default=str))
         return
-    click.echo(f"frames: {summary['frames']} ({summary['superseded']} superseded versions kept)")
+    q = summary["queue"]
+    click.echo(f"frames: {summary['frames']} ({summary['superseded']} superseded versions kept); "
+               f"masters: {summary['masters']}")
     for imagetyp, states in sorted(summary["by_type_and_state"].items()):
         parts = ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
         click.echo(f"  {imagetyp:<13} {sum(states.values()):>6}  ({parts})")
+    oldest = q["oldest_pending_seconds"]
+    click.echo(f"jobs: {q['todo']} queued, {q['doing']} running, {q['failed']} failed"
+               + (f"; oldest waiting {oldest:.0f} s" if oldest is not None else ""))
     click.echo(f"rejected files: {summary['rejected_files']}")
     for r in summary["rejected"]:
         click.echo(f"  {r['path']}: {r['kind']}: {r['reason']}")
+    if summary["failed_frames"]:
+        click.echo(f"failed frames: {len(summary['failed_frames'])}")
     for f in summary["failed_frames"]:
         click.echo(f"  frame {f['id']} {f['path']}: {f['reason']}")
 

@@ -49,10 +49,10 @@ class AppContext:
     def sessions(self) -> sessionmaker:
         return self.database()[1]
 
-    def ingestor(self) -> Ingestor:
+    def ingestor(self, on_new_frame=None) -> Ingestor:
         """An Ingestor on this database; a bad instrument profile becomes advice."""
         try:
-            return Ingestor(self.sessions(), self.settings)
+            return Ingestor(self.sessions(), self.settings, on_new_frame=on_new_frame)
         except ProfileError as exc:
             where = self.settings.config_path or "the config file"
             raise click.ClickException(f"instrument profile in {where}: {exc}") from exc

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from obsdb.cli.context import AppContext, pass_app
 from obsdb.ingest import iter_candidate_files
+from obsdb.pipeline.queue import FrameEnqueuer, make_app
 
 
 @click.command("ingest")
@@ -24,11 +25,12 @@ def ingest(app: AppContext, paths: tuple[str, ...], fmt: str, progress: bool | N
     files that cannot be read are recorded and copied into the quarantine folder.
     Exits with status 1 when any file was rejected.
     """
-    ingestor = app.ingestor()
     files = list(iter_candidate_files(paths))
     disable = None if progress is None else not progress
-    with tqdm(total=len(files), unit="file", disable=disable, file=click.get_text_stream("stderr")) as bar:
-        report = ingestor.ingest(files, progress=lambda _: bar.update())
+    with make_app(app.settings).open() as queue_app:
+        ingestor = app.ingestor(on_new_frame=FrameEnqueuer(queue_app, app.sessions()))
+        with tqdm(total=len(files), unit="file", disable=disable, file=click.get_text_stream("stderr")) as bar:
+            report = ingestor.ingest(files, progress=lambda _: bar.update())
     if fmt == "json":
         click.echo(json.dumps(report.as_dict(), indent=2))
     else:
@@ -59,8 +61,9 @@ def watch(app: AppContext, dirs: tuple[str, ...], polling: bool | None, settle: 
     """Watch DIRS and ingest every new FITS file once it is complete. Stop with Ctrl-C/SIGTERM."""
     from obsdb.services.watcher import Watcher
 
-    ingestor = app.ingestor()
     watch_settings = app.settings.watch
+    queue_app = make_app(app.settings).open()
+    ingestor = app.ingestor(on_new_frame=FrameEnqueuer(queue_app, app.sessions()))
     Watcher(
         [*dirs],
         ingestor,

@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from obsdb.models import Frame, RejectedFile
+from obsdb.models import Frame, Master, RejectedFile, Reduction
 
 FRAME_COLUMNS = (
     "id", "path", "imagetyp", "object", "filter", "exptime", "binning",
-    "date_obs", "mjd_mid", "night", "state",
+    "date_obs", "mjd_mid", "night", "state", "product",
 )
 
 
@@ -26,7 +26,11 @@ def list_frames(
     include_superseded: bool = False,
 ) -> list[dict[str, Any]]:
     """Frames matching every given criterion, in observation order."""
-    stmt = select(Frame).order_by(Frame.date_obs.nulls_last(), Frame.id)
+    stmt = (
+        select(Frame, Reduction.path)
+        .outerjoin(Reduction, Reduction.frame_id == Frame.id)
+        .order_by(Frame.date_obs.nulls_last(), Frame.id)
+    )
     if imagetyp is not None:
         stmt = stmt.where(Frame.imagetyp == imagetyp)
     if filter is not None:
@@ -50,8 +54,23 @@ def list_frames(
             "mjd_mid": f.mjd_mid,
             "night": f.night.isoformat() if f.night else None,
             "state": f.state,
+            "state_reason": f.state_reason,
+            "product": product,
         }
-        for f in session.scalars(stmt)
+        for f, product in session.execute(stmt)
+    ]
+
+
+def list_masters(session: Session) -> list[dict[str, Any]]:
+    """Every master calibration, newest night first."""
+    return [
+        {
+            "id": m.id, "kind": m.kind, "filter": m.filter, "exptime": m.exptime,
+            "binning": f"{m.xbinning}x{m.ybinning}", "night": m.night.isoformat() if m.night else None,
+            "n_inputs": m.n_inputs, "median": m.stats.get("median"), "version": m.version,
+            "is_bad": m.is_bad, "path": m.path,
+        }
+        for m in session.scalars(select(Master).order_by(Master.night.desc().nulls_last(), Master.kind, Master.id))
     ]
 
 
@@ -76,7 +95,20 @@ def status_summary(session: Session, *, max_failures: int = 50) -> dict[str, Any
         .order_by(Frame.updated_at.desc())
         .limit(max_failures)
     ).all()
+    from obsdb.pipeline.queue import queue_counts
+
+    oldest = session.scalar(text(
+        "SELECT extract(epoch FROM now() - min(coalesce(scheduled_at, e.at))) FROM procrastinate_jobs j "
+        "LEFT JOIN LATERAL (SELECT min(at) AS at FROM procrastinate_events WHERE job_id = j.id) e ON true "
+        "WHERE j.status = 'todo' AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())"
+    ))
+    jobs = queue_counts(session)
     return {
+        "queue": {
+            "todo": jobs.get("todo", 0), "doing": jobs.get("doing", 0), "failed": jobs.get("failed", 0),
+            "oldest_pending_seconds": float(oldest) if oldest is not None else None,
+        },
+        "masters": session.scalar(select(func.count()).select_from(Master)),
         "frames": sum(by_state.values()),
         "by_type": {t: sum(s.values()) for t, s in by_type_state.items()},
         "by_state": by_state,

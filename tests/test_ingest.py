@@ -169,3 +169,17 @@ def test_server_schema_must_be_initialised(empty_db_url, obsdb_home, tmp_path):
     assert "run `obsdb init`" in refused.stderr
     run_obsdb("init", env=env, check=True)
     assert json.loads(run_obsdb("status", "--format", "json", env=env, check=True).stdout)["frames"] == 0
+
+
+def test_large_batch_reads_headers_in_worker_processes(tmp_path, settings, sessions):
+    raw = tmp_path / "many"
+    for i in range(80):
+        write_frame(raw / f"f{i:03d}.fits", seed=i, date_obs=f"2024-03-01T03:{i // 60:02d}:{i % 60:02d}")
+    (raw / "broken.fits").write_text("not a FITS file")
+    report = Ingestor(sessions, settings, processes=2).ingest([raw])
+    assert report.counts() == {"new": 80, "rejected": 1}
+    with sessions() as s:
+        assert s.scalar(select(func.count(func.distinct(Frame.sha256)))) == 80
+        dates = s.scalars(select(Frame.date_obs).order_by(Frame.date_obs)).all()
+    assert dates[0].isoformat() == "2024-03-01T03:00:00+00:00"
+    assert Ingestor(sessions, settings, processes=2).ingest([raw]).counts() == {"unchanged": 80, "rejected": 1}

@@ -1,38 +1,47 @@
-"""Ingest: one file, one transaction, one outcome.
+"""Ingest: registering raw files as frames, safely re-runnable.
 
-Re-ingesting is always safe: a file's content hash is unique, so the same frame copied or
-renamed is recognised (a copy is a duplicate, a moved file keeps its frame); a path whose content changed becomes a new version
-and its old frame is marked superseded; a file that cannot be read is recorded with its
-reason and a copy is kept in the quarantine folder. The original file is never modified.
+A file's content hash is unique, so the same frame copied or renamed is recognised (a copy
+is a duplicate, a moved file keeps its frame); a path whose content changed becomes a new
+version and its old frame is marked superseded; a file that cannot be read is recorded
+with its reason and a copy is kept in the quarantine folder. The original file is never
+modified.
+
+A batch runs in three steps: files whose path, size and mtime match a live frame are
+skipped with one query; the others are hashed and their headers read (in several
+processes for large batches: that part is CPU-bound and needs no database); the results
+are written in transactions of many files, each file in its own savepoint, so one bad
+row cannot undo its neighbours.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from obsdb.config import Settings
-from obsdb.fitsfile import FitsFileError, read_header, sha256_file
+from obsdb.ingest import register
 from obsdb.ingest.discover import iter_candidate_files
-from obsdb.ingest.headerjson import header_to_json
-from obsdb.ingest.quarantine import quarantine_copy
-from obsdb.instruments import FrameInfo, InstrumentProfile, load_profiles, select_profile
-from obsdb.models import Frame, Instrument, RejectedFile
-from obsdb.nights import observing_night
+from obsdb.ingest.inspect import Inspection, file_mtime, inspect_file
+from obsdb.instruments import InstrumentProfile, load_profiles
+from obsdb.models import Frame
 
 log = logging.getLogger(__name__)
 
 Status = Literal["new", "new_version", "duplicate", "moved", "unchanged", "rejected", "missing"]
+
+# Below this many files to read, starting worker processes costs more than it saves.
+_POOL_THRESHOLD = 64
+_WRITE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -60,15 +69,13 @@ class IngestReport:
         return dict(Counter(o.status for o in self.outcomes))
 
     def by_type(self) -> dict[str, int]:
-        return dict(
-            Counter(o.imagetyp for o in self.outcomes if o.status in ("new", "new_version"))
-        )
+        return dict(Counter(o.imagetyp for o in self.outcomes if o.status in ("new", "new_version")))
 
     @property
     def failures(self) -> list[IngestOutcome]:
         return [o for o in self.outcomes if o.failed]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "files": len(self.outcomes),
             "counts": self.counts(),
@@ -77,53 +84,21 @@ class IngestReport:
         }
 
 
-def _instrument_name(profile: InstrumentProfile, info: FrameInfo) -> str:
-    if not profile.is_generic:
-        return profile.name
-    parts = [p for p in (info.telescope, info.instrument) if p]
-    return " / ".join(parts) if parts else "unknown"
+_worker_profiles: list[InstrumentProfile] = []
 
 
-def _ensure_instrument(session: Session, name: str, profile: str) -> int:
-    session.execute(
-        insert(Instrument).values(name=name, profile=profile).on_conflict_do_nothing(index_elements=["name"])
-    )
-    return session.execute(select(Instrument.id).where(Instrument.name == name)).scalar_one()
+def _init_worker(instruments: dict[str, dict[str, Any]]) -> None:
+    global _worker_profiles
+    _worker_profiles = load_profiles(instruments)
 
 
-def _frame_values(info: FrameInfo, settings: Settings) -> dict:
-    night = None
-    if info.date_obs is not None:
-        lon = info.site_lon if info.site_lon is not None else settings.site.lon
-        night = observing_night(info.date_obs, lon)
-    return dict(
-        imagetyp=info.imagetyp,
-        imagetyp_source=info.imagetyp_source,
-        object=info.object,
-        filter=info.filter,
-        exptime=info.exptime,
-        xbinning=info.xbinning,
-        ybinning=info.ybinning,
-        naxis1=info.naxis1,
-        naxis2=info.naxis2,
-        gain=info.gain,
-        read_noise=info.read_noise,
-        saturation=info.saturation,
-        ccd_temp=info.ccd_temp,
-        date_obs=info.date_obs,
-        mjd_start=info.mjd_start,
-        mjd_mid=info.mjd_mid,
-        time_source=info.time_source,
-        night=night,
-        ra=info.ra,
-        dec=info.dec,
-        airmass=info.airmass,
-        has_wcs=info.has_wcs,
-        pixel_scale=info.pixel_scale,
-        telescope=info.telescope,
-        camera=info.instrument,
-        warnings=list(info.warnings),
-    )
+def _inspect_in_worker(path: str) -> Inspection:
+    return inspect_file(path, _worker_profiles)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 class Ingestor:
@@ -132,12 +107,14 @@ class Ingestor:
     Parameters
     ----------
     session_factory
-        Makes sessions on the catalog; each file is ingested in its own transaction.
+        Makes sessions on the catalog.
     settings
         Where the quarantine lives, the site, the instrument profiles.
     on_new_frame
-        Called with the new frame's id after its transaction commits (the pipeline
-        uses it to queue the next job).
+        Called with a new frame's id and type after its transaction commits (the
+        pipeline uses it to queue the next job).
+    processes
+        Processes that read headers in large batches (default: the number of CPUs).
     """
 
     def __init__(
@@ -145,184 +122,155 @@ class Ingestor:
         session_factory: sessionmaker,
         settings: Settings,
         on_new_frame: Callable[[int, str], None] | None = None,
+        processes: int | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.settings = settings
         self.profiles = load_profiles(settings.instruments)
         self.on_new_frame = on_new_frame
+        self.processes = processes if processes is not None else (os.cpu_count() or 1)
+        self._instrument_ids: dict[str, int] = {}
+        self._live_paths: set[str] = set()
 
     def ingest(
         self,
         paths: Iterable[str | os.PathLike[str]],
         progress: Callable[[IngestOutcome], None] | None = None,
     ) -> IngestReport:
+        """Ingest files and directories (recursively); one outcome per candidate file."""
+        files = [os.path.abspath(p) for p in iter_candidate_files(paths)]
         report = IngestReport()
-        for path in iter_candidate_files(paths):
-            outcome = self.ingest_file(path)
+
+        def emit(outcome: IngestOutcome) -> None:
             report.outcomes.append(outcome)
             if progress is not None:
                 progress(outcome)
+
+        pool = None
+        try:
+            for chunk in _chunks(files, 4 * _WRITE_BATCH):
+                todo = self._skip_unchanged(chunk, emit)
+                if len(todo) >= _POOL_THRESHOLD and self.processes > 1 and pool is None:
+                    pool = self._start_pool()
+                inspections = (
+                    pool.map(_inspect_in_worker, todo, chunksize=4) if pool is not None
+                    else (inspect_file(p, self.profiles) for p in todo)
+                )
+                batch: list[Inspection] = []
+                for item in inspections:
+                    batch.append(item)
+                    if len(batch) == _WRITE_BATCH:
+                        self._write(batch, emit)
+                        batch = []
+                self._write(batch, emit)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         return report
 
     def ingest_file(self, path: str | os.PathLike[str]) -> IngestOutcome:
-        path = Path(os.path.abspath(path))
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return IngestOutcome(str(path), "missing", reason="file vanished before it could be read")
-        except OSError as exc:
-            return self._reject(path, None, None, "unreadable", f"cannot stat file: {exc.strerror}")
+        """Ingest one file (whatever its name) in its own transaction."""
+        outcomes: list[IngestOutcome] = []
+        todo = self._skip_unchanged([os.path.abspath(path)], outcomes.append)
+        self._write([inspect_file(p, self.profiles) for p in todo], outcomes.append)
+        return outcomes[0]
 
+    # -- steps ------------------------------------------------------------------------
+
+    def _start_pool(self) -> ProcessPoolExecutor:
+        # "spawn": the workers must not inherit this process's database connections.
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.settings.instruments,),
+        )
+
+    def _skip_unchanged(self, paths: Sequence[str], emit: Callable[[IngestOutcome], None]) -> list[str]:
+        """Emit 'unchanged' for files a live frame already has (same path, size, mtime)."""
         with self.session_factory() as session:
-            known = self._unchanged(session, path, stat)
-            if known is not None:
-                return known
+            rows = session.execute(
+                select(Frame.id, Frame.path, Frame.size_bytes, Frame.file_mtime, Frame.imagetyp).where(
+                    Frame.path.in_(paths), Frame.superseded_at.is_(None)
+                )
+            ).all()
+        known = {r.path: r for r in rows}
+        self._live_paths = set(known)
+        todo = []
+        for path in paths:
+            row = known.get(path)
+            if row is not None:
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    stat = None
+                if stat is not None and stat.st_size == row.size_bytes and file_mtime(stat) == row.file_mtime:
+                    emit(IngestOutcome(path, "unchanged", row.id, row.imagetyp))
+                    continue
+            todo.append(path)
+        return todo
 
-        try:
-            digest = sha256_file(path)
-        except PermissionError:
-            return self._reject(path, None, stat.st_size, "permission", "permission denied reading the file")
-        except FileNotFoundError:
-            return IngestOutcome(str(path), "missing", reason="file vanished before it could be read")
-        except OSError as exc:
-            return self._reject(path, None, stat.st_size, "unreadable", f"read error: {exc.strerror}")
-
-        with self.session_factory() as session:
-            existing = session.execute(
-                select(Frame.id, Frame.path, Frame.imagetyp).where(Frame.sha256 == digest)
-            ).first()
-            if existing is not None:
-                return self._known_content(session, path, stat, existing)
-
-        try:
-            hdr = read_header(path)
-        except FitsFileError as exc:
-            return self._reject(path, digest, stat.st_size, exc.kind, exc.reason)
-        except FileNotFoundError:
-            return IngestOutcome(str(path), "missing", reason="file vanished before it could be read")
-
-        profile = select_profile(hdr.header, self.profiles)
-        info = profile.read(hdr.header, path.name)
-        return self._register(path, stat, digest, hdr.header, profile, info)
-
-    # -- storage --------------------------------------------------------------------
-
-    def _unchanged(self, session: Session, path: Path, stat: os.stat_result) -> IngestOutcome | None:
-        """A live frame already has this path, size and mtime: nothing to read again."""
-        row = session.execute(
-            select(Frame.id, Frame.imagetyp).where(
-                Frame.path == str(path),
-                Frame.superseded_at.is_(None),
-                Frame.size_bytes == stat.st_size,
-                Frame.file_mtime == _mtime(stat),
-            )
-        ).first()
-        if row is None:
-            return None
-        return IngestOutcome(str(path), "unchanged", row.id, row.imagetyp)
-
-    def _known_content(self, session: Session, path: Path, stat: os.stat_result, existing) -> IngestOutcome:
-        if existing.path == str(path):
-            # Same file, touched: remember the new mtime so the next rescan skips it.
-            session.execute(update(Frame).where(Frame.id == existing.id).values(file_mtime=_mtime(stat)))
-            session.commit()
-            return IngestOutcome(str(path), "unchanged", existing.id, existing.imagetyp)
-        if not Path(existing.path).exists():
-            return self._moved(session, path, stat, existing)
-        return IngestOutcome(
-            str(path), "duplicate", existing.id, existing.imagetyp,
-            reason=f"same content as frame {existing.id} ({existing.path})",
-        )
-
-    def _moved(self, session: Session, path: Path, stat: os.stat_result, existing) -> IngestOutcome:
-        """The frame's file was renamed or moved (its old path is gone): follow it."""
-        _supersede_live(session, path, "another frame's file was moved onto this path")
-        session.execute(
-            update(Frame).where(Frame.id == existing.id).values(path=str(path), file_mtime=_mtime(stat))
-        )
-        session.commit()
-        return IngestOutcome(
-            str(path), "moved", existing.id, existing.imagetyp, reason=f"moved from {existing.path}"
-        )
-
-    def _register(self, path, stat, digest, header, profile, info) -> IngestOutcome:
-        values = _frame_values(info, self.settings)
+    def _write(self, batch: list[Inspection], emit: Callable[[IngestOutcome], None]) -> None:
+        """One transaction for the batch, one savepoint per file."""
+        if not batch:
+            return
+        outcomes: list[IngestOutcome] = []
         with self.session_factory() as session, session.begin():
-            instrument_id = _ensure_instrument(session, _instrument_name(profile, info), profile.name)
-            previous = _supersede_live(session, path, "the file's content changed; see the newer version")
-            version, supersedes = 1, None
-            if previous is not None:
-                version, supersedes = previous.version + 1, previous.id
-            frame_id = session.execute(
-                insert(Frame)
-                .values(
-                    instrument_id=instrument_id,
-                    path=str(path),
-                    sha256=digest,
-                    size_bytes=stat.st_size,
-                    file_mtime=_mtime(stat),
-                    header=header_to_json(header),
-                    version=version,
-                    supersedes_id=supersedes,
-                    **values,
+            digests = [i.sha256 for i in batch if i.sha256 and i.info is not None]
+            known = {
+                r.sha256: r
+                for r in session.execute(
+                    select(Frame.id, Frame.path, Frame.imagetyp, Frame.sha256).where(Frame.sha256.in_(digests))
                 )
-                .on_conflict_do_nothing(index_elements=["sha256"])
-                .returning(Frame.id)
-            ).scalar_one_or_none()
-            if frame_id is None:
-                # Another process registered the same content between our check and now.
-                session.rollback()
-                return IngestOutcome(str(path), "duplicate", reason="same content ingested concurrently")
-        status: Status = "new" if supersedes is None else "new_version"
-        log.debug("ingested %s as frame %d (%s)", path, frame_id, info.imagetyp)
-        if self.on_new_frame is not None:
-            self.on_new_frame(frame_id, info.imagetyp)
-        return IngestOutcome(str(path), status, frame_id, info.imagetyp)
+            }
+            for item in batch:
+                with session.begin_nested():
+                    outcomes.append(self._write_one(session, item, known.get(item.sha256)))
+        # Only now are new instruments committed and safe to remember.
+        for item in batch:
+            if item.instrument is not None and item.instrument not in self._instrument_ids:
+                with self.session_factory() as session:
+                    found = register.find_instrument(session, item.instrument)
+                if found is not None:
+                    self._instrument_ids[item.instrument] = found
+        for outcome in outcomes:
+            if outcome.status in ("new", "new_version"):
+                log.debug("ingested %s as frame %d (%s)", outcome.path, outcome.frame_id, outcome.imagetyp)
+                if self.on_new_frame is not None:
+                    try:
+                        self.on_new_frame(outcome.frame_id, outcome.imagetyp)
+                    except Exception:
+                        # The frame is safely registered; the pipeline's reconciliation
+                        # sweep queues frames whose job could not be queued here.
+                        log.exception("could not queue the next job of frame %d", outcome.frame_id)
+            elif outcome.status == "rejected":
+                log.debug("rejected %s: %s", outcome.path, outcome.reason)
+            emit(outcome)
 
-    def _reject(self, path: Path, digest: str | None, size: int | None, kind: str, reason: str) -> IngestOutcome:
-        copy = quarantine_copy(path, self.settings.quarantine_dir, digest) if digest else None
-        now = datetime.now(UTC)
-        with self.session_factory() as session, session.begin():
-            if digest is not None:
-                stmt = insert(RejectedFile).values(
-                    path=str(path), sha256=digest, size_bytes=size, kind=kind, reason=reason,
-                    quarantine_path=str(copy) if copy else None,
-                )
-                session.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["sha256"],
-                        set_=dict(path=str(path), last_seen=now, attempts=RejectedFile.attempts + 1),
-                    )
-                )
-            else:
-                row = session.execute(
-                    select(RejectedFile).where(RejectedFile.path == str(path), RejectedFile.sha256.is_(None))
-                ).scalar_one_or_none()
-                if row is None:
-                    session.add(RejectedFile(path=str(path), size_bytes=size, kind=kind, reason=reason))
-                else:
-                    row.attempts += 1
-                    row.last_seen = now
-                    row.reason = reason
-        log.debug("rejected %s: %s", path, reason)
-        return IngestOutcome(str(path), "rejected", reason=f"{kind}: {reason}")
-
-
-def _supersede_live(session: Session, path: Path, reason: str):
-    """Mark the live frame at ``path`` (if any) superseded; return its id and version."""
-    previous = session.execute(
-        select(Frame.id, Frame.version)
-        .where(Frame.path == str(path), Frame.superseded_at.is_(None))
-        .with_for_update()
-    ).first()
-    if previous is not None:
-        session.execute(
-            update(Frame)
-            .where(Frame.id == previous.id)
-            .values(superseded_at=datetime.now(UTC), state="superseded", state_reason=reason)
+    def _write_one(self, session: Session, item: Inspection, existing) -> IngestOutcome:
+        if item.vanished:
+            return IngestOutcome(item.path, "missing", reason="file vanished before it could be read")
+        if item.error_kind is not None:
+            register.record_rejection(session, item, self.settings.quarantine_dir)
+            return IngestOutcome(item.path, "rejected", reason=f"{item.error_kind}: {item.error_reason}")
+        if existing is not None:
+            if existing.path == item.path:
+                register.touch(session, existing.id, item)
+                return IngestOutcome(item.path, "unchanged", existing.id, existing.imagetyp)
+            if not Path(existing.path).exists():
+                register.follow_move(session, existing.id, item)
+                return IngestOutcome(item.path, "moved", existing.id, existing.imagetyp,
+                                     reason=f"moved from {existing.path}")
+            return IngestOutcome(item.path, "duplicate", existing.id, existing.imagetyp,
+                                 reason=f"same content as frame {existing.id} ({existing.path})")
+        assert item.instrument is not None and item.profile is not None
+        instrument_id = self._instrument_ids.get(item.instrument)
+        if instrument_id is None:
+            instrument_id = register.ensure_instrument(session, item.instrument, item.profile)
+        frame_id, superseded = register.insert_frame(
+            session, item, self.settings, instrument_id, path_known=item.path in self._live_paths
         )
-    return previous
-
-
-def _mtime(stat: os.stat_result) -> datetime:
-    return datetime.fromtimestamp(stat.st_mtime, UTC)
+        if frame_id is None:
+            return IngestOutcome(item.path, "duplicate", reason="same content ingested at the same moment")
+        assert item.info is not None
+        return IngestOutcome(item.path, "new" if superseded is None else "new_version", frame_id, item.info.imagetyp)

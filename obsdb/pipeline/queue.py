@@ -1,0 +1,115 @@
+"""The procrastinate app on the catalog database, and queueing a frame's next job."""
+
+from __future__ import annotations
+
+import logging
+
+import procrastinate
+from procrastinate.exceptions import AlreadyEnqueued
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from obsdb.calibration.grouping import CALIBRATION_KINDS, CalibrationGroup
+from obsdb.config import Settings
+from obsdb.database import database_url
+from obsdb.models import Frame
+
+log = logging.getLogger(__name__)
+
+# Masters before the frames they calibrate, biases before darks before flats.
+PRIORITY = {"bias": 30, "dark": 20, "flat": 10, "light": 0}
+BUILD_MASTER = "obsdb:build_master"
+REDUCE_FRAME = "obsdb:reduce_frame"
+
+
+def conninfo(settings: Settings) -> str:
+    """libpq connection string of the catalog (procrastinate speaks psycopg directly)."""
+    return make_url(database_url(settings)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_app(settings: Settings) -> procrastinate.App:
+    from obsdb.pipeline.tasks import blueprint
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(settings)))
+    app.add_tasks_from(blueprint, namespace="obsdb")
+    return app
+
+
+def master_lock(group: CalibrationGroup) -> str:
+    return f"master:{group.key}"
+
+
+def frame_lock(frame_id: int) -> str:
+    return f"frame:{frame_id}"
+
+
+def _defer(app: procrastinate.App, task: str, *, lock: str, priority: int, schedule_at=None, **kwargs) -> bool:
+    try:
+        app.configure_task(
+            task, lock=lock, queueing_lock=lock, priority=priority, schedule_at=schedule_at
+        ).defer(**kwargs)
+        return True
+    except AlreadyEnqueued:
+        return False  # the same work is already waiting in the queue
+
+
+def enqueue_frame(app: procrastinate.App, frame: Frame, schedule_at=None) -> bool:
+    """Queue what comes next for a frame: its master's build, or its reduction."""
+    if frame.imagetyp in CALIBRATION_KINDS:
+        group = CalibrationGroup.of(frame)
+        return _defer(app, BUILD_MASTER, lock=master_lock(group), priority=PRIORITY[frame.imagetyp],
+                      schedule_at=schedule_at, frame_id=frame.id)
+    if frame.imagetyp == "light":
+        return _defer(app, REDUCE_FRAME, lock=frame_lock(frame.id), priority=PRIORITY["light"],
+                      schedule_at=schedule_at, frame_id=frame.id)
+    return False  # unclassified frames wait for a person
+
+
+def enqueue_frame_id(app: procrastinate.App, session: Session, frame_id: int, schedule_at=None) -> bool:
+    frame = session.get(Frame, frame_id)
+    return frame is not None and enqueue_frame(app, frame, schedule_at)
+
+
+def pending_masters(session: Session, instrument_id: int, kinds: tuple[str, ...]) -> int:
+    """Master builds of these kinds for this instrument still queued or running."""
+    patterns = [f"master:{kind}/instrument={instrument_id}/%" for kind in kinds]
+    return session.scalar(
+        text(
+            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing') "
+            "AND task_name = :task AND lock LIKE ANY(:patterns)"
+        ),
+        {"task": BUILD_MASTER, "patterns": patterns},
+    ) or 0
+
+
+def frames_without_jobs(session: Session) -> list[int]:
+    """Frames ingest left for the pipeline that no job will reach (a lost enqueue, a crash,
+    a database restored from backup): the reconciliation sweep queues them again."""
+    return list(
+        session.scalars(
+            text(
+                "SELECT f.id FROM frames f WHERE f.superseded_at IS NULL AND f.state = 'ingested' "
+                "AND f.imagetyp IN ('bias', 'dark', 'flat', 'light') AND NOT EXISTS ("
+                " SELECT 1 FROM procrastinate_jobs j WHERE j.status IN ('todo', 'doing')"
+                " AND (j.args->>'frame_id')::bigint = f.id) ORDER BY f.id"
+            )
+        )
+    )
+
+
+def queue_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(text("SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY status")).all()
+    return {status: n for status, n in rows}
+
+
+class FrameEnqueuer:
+    """Ingest's ``on_new_frame``: queue the new frame's next job (the app must be open)."""
+
+    def __init__(self, app: procrastinate.App, sessions) -> None:
+        self.app = app
+        self.sessions = sessions
+
+    def __call__(self, frame_id: int, imagetyp: str) -> None:
+        with self.sessions() as session:
+            enqueue_frame_id(self.app, session, frame_id)

@@ -1,0 +1,130 @@
+"""The pipeline's jobs. Each is a thin wrapper: the science lives in obsdb.calibration."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import procrastinate
+from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from sqlalchemy import select, update
+
+from obsdb.calibration.master_stage import build_master, stale_dependents
+from obsdb.calibration.reduce_stage import lights_to_redo, reduce_light
+from obsdb.models import Frame, Master, MasterInput
+from obsdb.pipeline import queue
+from obsdb.pipeline.runtime import runtime
+
+log = logging.getLogger("obsdb.pipeline")
+
+blueprint = procrastinate.Blueprint()
+
+# A prerequisite (a master still being built) is checked again after this long.
+RECHECK = timedelta(seconds=2)
+
+
+class SettingsRetry(BaseRetryStrategy):
+    """Retry with exponential back-off, as many times as the settings allow."""
+
+    def get_retry_decision(self, *, exception: BaseException, job) -> RetryDecision | None:
+        cal = runtime().settings.calibration
+        if job.attempts + 1 >= cal.max_attempts:
+            return None
+        return RetryDecision(retry_in={"seconds": cal.retry_wait_seconds * 2 ** job.attempts})
+
+
+def _record_attempt(frame_id: int, exc: BaseException, attempt: int) -> None:
+    """Say on the frame what went wrong; on the last attempt, mark it failed."""
+    rt = runtime()
+    last = attempt >= rt.settings.calibration.max_attempts
+    summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    origin = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
+    reason = f"attempt {attempt}/{rt.settings.calibration.max_attempts}: {summary}{origin}"
+    values: dict[str, Any] = {"tries": Frame.tries + 1, "state_reason": reason[:2000]}
+    if last:
+        values["state"] = "failed"
+    with rt.sessions() as session, session.begin():
+        session.execute(update(Frame).where(Frame.id == frame_id).values(**values))
+    log.error("frame %d: %s", frame_id, reason)
+
+
+def _guarded(context: procrastinate.JobContext, frame_id: int, work: Callable[[], None]) -> None:
+    try:
+        work()
+    except Exception as exc:
+        _record_attempt(frame_id, exc, context.job.attempts + 1)
+        raise
+
+
+def _later(until: datetime) -> datetime:
+    return max(until, datetime.now(UTC) + timedelta(seconds=1))
+
+
+@blueprint.task(name="build_master", pass_context=True, retry=SettingsRetry())
+def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
+    """Build (or rebuild) the master of the group of calibration frame ``frame_id``."""
+    rt = runtime()
+    app = rt.queue_app()
+
+    def work() -> None:
+        with rt.sessions() as session:
+            frame = session.get(Frame, frame_id)
+            if frame is None:
+                return
+            prerequisites = {"dark": ("bias",), "flat": ("bias", "dark")}.get(frame.imagetyp, ())
+            if prerequisites and queue.pending_masters(session, frame.instrument_id, prerequisites):
+                queue.enqueue_frame(app, frame, schedule_at=datetime.now(UTC) + RECHECK)
+                return
+        built = build_master(rt.sessions, rt.settings, frame_id, now=datetime.now(UTC),
+                             quiet_seconds=rt.quiet_seconds)
+        if built.wait_until is not None:
+            with rt.sessions() as session:
+                queue.enqueue_frame_id(app, session, frame_id, schedule_at=_later(built.wait_until))
+            return
+        if built.master_id is None:
+            log.warning("no master for %s: %s", built.group_key, built.reason)
+            return
+        log.info("built master %d v%d for %s", built.master_id, built.version, built.group_key)
+        with rt.sessions() as session:
+            master = session.get(Master, built.master_id)
+            for dependent in stale_dependents(session, master, rt.settings.calibration):
+                member = session.scalar(
+                    select(MasterInput.frame_id).where(MasterInput.master_id == dependent.id).limit(1)
+                )
+                if member is not None:
+                    queue.enqueue_frame_id(app, session, member)
+            for light_id in lights_to_redo(session, master, rt.settings):
+                queue.enqueue_frame_id(app, session, light_id)
+
+    _guarded(context, frame_id, work)
+
+
+@blueprint.task(name="reduce_frame", pass_context=True, retry=SettingsRetry())
+def reduce_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
+    """Calibrate light frame ``frame_id`` with the best masters there are."""
+    rt = runtime()
+    app = rt.queue_app()
+
+    def work() -> None:
+        with rt.sessions() as session:
+            frame = session.get(Frame, frame_id)
+            if frame is None:
+                return
+            # Masters this frame could use are still being built: reduce once, after them.
+            if queue.pending_masters(session, frame.instrument_id, ("bias", "dark", "flat")):
+                queue.enqueue_frame(app, frame, schedule_at=datetime.now(UTC) + RECHECK)
+                return
+        done = reduce_light(rt.sessions, rt.settings, frame_id, now=datetime.now(UTC),
+                            grace_seconds=rt.grace_seconds)
+        if done.wait_until is not None:
+            with rt.sessions() as session:
+                queue.enqueue_frame_id(app, session, frame_id, schedule_at=_later(done.wait_until))
+            return
+        if done.path is not None:
+            log.info("reduced frame %d%s", frame_id, f" without {', '.join(done.missing)}" if done.missing else "")
+
+    _guarded(context, frame_id, work)
