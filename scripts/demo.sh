@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install obsdb into .venv, simulate a night, and run it
-# through obsdb on the embedded PostgreSQL (kept under ./obsdb-home unless OBSDB_HOME is set).
+# The main job on a fresh machine: install obsdb into .venv, simulate a night, ingest it and
+# reduce it (masters, calibrated frames) on the embedded PostgreSQL (kept under ./obsdb-home unless OBSDB_HOME is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -10,5 +10,6 @@ unset OBSDB_DATABASE_URL
 obsdb=.venv/bin/obsdb
 $obsdb simulate night --seed 1 --overwrite
 $obsdb ingest night/raw
-$obsdb status
+$obsdb process
+$obsdb masters
 $obsdb frames --type light | head -n 12

@@ -64,32 +64,43 @@ def supersede_live(session: Session, path: str, reason: str):
     return previous
 
 
+def frame_row(item: Inspection, settings: Settings, instrument_id: int, previous=None) -> dict[str, Any]:
+    """The ``frames`` row of a newly seen file."""
+    assert item.info is not None
+    return dict(
+        instrument_id=instrument_id, path=item.path, sha256=item.sha256, size_bytes=item.size,
+        file_mtime=item.mtime, header=item.header,
+        version=1 if previous is None else previous.version + 1,
+        supersedes_id=None if previous is None else previous.id,
+        **frame_values(item.info, settings),
+    )
+
+
+def insert_frames(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert frame rows in one statement; returns sha256 -> id of those inserted (a
+    content already there, or twice in ``rows``, is skipped)."""
+    # Core insert: the ORM's bulk machinery costs more than the rows themselves here.
+    table = Frame.__table__
+    result = session.execute(
+        insert(table).values(rows).on_conflict_do_nothing(index_elements=["sha256"])
+        .returning(table.c.id, table.c.sha256)
+    )
+    return {r.sha256: r.id for r in result}
+
+
 def insert_frame(session: Session, item: Inspection, settings: Settings, instrument_id: int,
                  path_known: bool = True) -> tuple[int | None, int | None]:
     """Register a new frame (a new version if its path had another content).
 
     ``path_known=False`` says no live frame had this path a moment ago, which spares a
-    query on the common path of a new file. Returns the new frame's id (None when the
-    same content was registered concurrently) and the id of the frame it supersedes.
+    query. Returns the new frame's id (None when the same content was registered
+    concurrently) and the id of the frame it supersedes.
     """
-    assert item.info is not None
     previous = None
     if path_known:
         previous = supersede_live(session, item.path, "the file's content changed; see the newer version")
-    # Core insert: the ORM's bulk machinery costs more than the row itself here.
-    frame_id = session.execute(
-        insert(Frame.__table__)
-        .values(
-            instrument_id=instrument_id, path=item.path, sha256=item.sha256, size_bytes=item.size,
-            file_mtime=item.mtime, header=item.header,
-            version=1 if previous is None else previous.version + 1,
-            supersedes_id=None if previous is None else previous.id,
-            **frame_values(item.info, settings),
-        )
-        .on_conflict_do_nothing(index_elements=["sha256"])
-        .returning(Frame.__table__.c.id)
-    ).scalar_one_or_none()
-    return frame_id, None if previous is None else previous.id
+    created = insert_frames(session, [frame_row(item, settings, instrument_id, previous)])
+    return created.get(item.sha256), None if previous is None else previous.id
 
 
 def follow_move(session: Session, frame_id: int, item: Inspection) -> None:

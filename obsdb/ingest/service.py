@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from obsdb.config import Settings
@@ -223,7 +224,16 @@ class Ingestor:
                     select(Frame.id, Frame.path, Frame.imagetyp, Frame.sha256).where(Frame.sha256.in_(digests))
                 )
             }
+            inserted = self._insert_new_files(session, batch, known)
             for item in batch:
+                if item.sha256 in inserted:
+                    frame_id = inserted[item.sha256]
+                    assert item.info is not None
+                    outcomes.append(
+                        IngestOutcome(item.path, "new", frame_id, item.info.imagetyp) if frame_id is not None
+                        else IngestOutcome(item.path, "duplicate", reason="same content as another file of this batch")
+                    )
+                    continue
                 with session.begin_nested():
                     outcomes.append(self._write_one(session, item, known.get(item.sha256)))
         # Only now are new instruments committed and safe to remember.
@@ -246,6 +256,33 @@ class Ingestor:
             elif outcome.status == "rejected":
                 log.debug("rejected %s: %s", outcome.path, outcome.reason)
             emit(outcome)
+
+    def _insert_new_files(self, session: Session, batch: list[Inspection], known: dict) -> dict[str, int | None]:
+        """Insert, in one statement, the files that are plainly new (the common case).
+
+        Returns sha256 -> new frame id (None: the same content twice in the batch). Files
+        with anything special (rejected, known content, a path with a live frame), and
+        the whole lot if the statement fails, go through :meth:`_write_one` instead.
+        """
+        plain = [
+            i for i in batch
+            if i.info is not None and i.sha256 not in known and i.path not in self._live_paths
+        ]
+        if len(plain) < 2:
+            return {}
+        try:
+            with session.begin_nested():
+                for name, profile in {(i.instrument, i.profile) for i in plain}:
+                    if name not in self._instrument_ids:
+                        self._instrument_ids[name] = register.ensure_instrument(session, name, profile)
+                rows = [
+                    register.frame_row(i, self.settings, self._instrument_ids[i.instrument]) for i in plain
+                ]
+                created = register.insert_frames(session, rows)
+        except IntegrityError:
+            self._instrument_ids.clear()  # ids seen inside the rolled-back savepoint
+            return {}
+        return {i.sha256: created.pop(i.sha256, None) for i in plain}
 
     def _write_one(self, session: Session, item: Inspection, existing) -> IngestOutcome:
         if item.vanished:
