@@ -12,7 +12,7 @@ from obsdb.models import Frame, Master, RejectedFile, Reduction
 
 FRAME_COLUMNS = (
     "id", "path", "imagetyp", "object", "filter", "exptime", "binning",
-    "date_obs", "mjd_mid", "night", "state", "product",
+    "date_obs", "mjd_mid", "night", "state", "product", "state_reason",
 )
 
 

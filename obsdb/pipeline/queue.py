@@ -29,10 +29,10 @@ def conninfo(settings: Settings) -> str:
 
 
 def make_app(settings: Settings) -> procrastinate.App:
-    from obsdb.pipeline.tasks import blueprint
+    from obsdb.pipeline.tasks import make_blueprint
 
     app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=conninfo(settings)))
-    app.add_tasks_from(blueprint, namespace="obsdb")
+    app.add_tasks_from(make_blueprint(), namespace="obsdb")
     return app
 
 
@@ -113,3 +113,17 @@ class FrameEnqueuer:
     def __call__(self, frame_id: int, imagetyp: str) -> None:
         with self.sessions() as session:
             enqueue_frame_id(self.app, session, frame_id)
+
+
+def cancel_waiting_copies(session: Session, queueing_lock: str, keep_id: int) -> None:
+    """Cancel 'todo' jobs holding ``queueing_lock`` other than ``keep_id``.
+
+    The database allows one 'todo' job per queueing lock, so a job that goes back to the
+    queue (a retry, a recovered job) is refused while a copy of the same work waits there;
+    the job going back does the copy's work.
+    """
+    session.execute(
+        text("UPDATE procrastinate_jobs SET status = 'cancelled' WHERE queueing_lock = :lock "
+             "AND status = 'todo' AND id <> :id"),
+        {"lock": queueing_lock, "id": keep_id},
+    )

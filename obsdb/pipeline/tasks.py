@@ -20,8 +20,6 @@ from obsdb.pipeline.runtime import runtime
 
 log = logging.getLogger("obsdb.pipeline")
 
-blueprint = procrastinate.Blueprint()
-
 # A prerequisite (a master still being built) is checked again after this long.
 RECHECK = timedelta(seconds=2)
 
@@ -36,8 +34,9 @@ class SettingsRetry(BaseRetryStrategy):
         return RetryDecision(retry_in={"seconds": cal.retry_wait_seconds * 2 ** job.attempts})
 
 
-def _record_attempt(frame_id: int, exc: BaseException, attempt: int) -> None:
-    """Say on the frame what went wrong; on the last attempt, mark it failed."""
+def _record_attempt(frame_id: int, exc: BaseException, attempt: int) -> bool:
+    """Say on the frame what went wrong; on the last attempt, mark it failed. True if the
+    job will be retried."""
     rt = runtime()
     last = attempt >= rt.settings.calibration.max_attempts
     summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -50,13 +49,30 @@ def _record_attempt(frame_id: int, exc: BaseException, attempt: int) -> None:
     with rt.sessions() as session, session.begin():
         session.execute(update(Frame).where(Frame.id == frame_id).values(**values))
     log.error("frame %d: %s", frame_id, reason)
+    return not last
+
+
+def _make_room_for_retry(job) -> None:
+    """Cancel a copy of this job waiting in the queue (the same queueing lock: the frame was
+    asked for again while this attempt ran), so that the retry can take its place.
+
+    The database allows one 'todo' job per queueing lock; procrastinate's retry of this job
+    was refused while the copy waited, and the job stayed 'doing' for ever, holding the
+    frame's lock, so neither it nor the copy ever ran again. The retry does the copy's work.
+    (A copy queued in the instant between this and the retry still meets the refusal.)
+    """
+    if job.queueing_lock is None:
+        return
+    with runtime().sessions() as session, session.begin():
+        queue.cancel_waiting_copies(session, job.queueing_lock, job.id)
 
 
 def _guarded(context: procrastinate.JobContext, frame_id: int, work: Callable[[], None]) -> None:
     try:
         work()
     except Exception as exc:
-        _record_attempt(frame_id, exc, context.job.attempts + 1)
+        if _record_attempt(frame_id, exc, context.job.attempts + 1):
+            _make_room_for_retry(context.job)
         raise
 
 
@@ -64,26 +80,38 @@ def _later(until: datetime) -> datetime:
     return max(until, datetime.now(UTC) + timedelta(seconds=1))
 
 
-@blueprint.task(name="build_master", pass_context=True, retry=SettingsRetry())
+def _wait_for_masters(rt, app, frame_id: int, kinds: Callable[[str], tuple[str, ...]]) -> bool:
+    """True (and the frame's job queued again shortly) while masters of ``kinds(type)``
+    for the frame's instrument are still queued or being built: do the work once, after."""
+    with rt.sessions() as session:
+        frame = session.get(Frame, frame_id)
+        if frame is None:
+            return True
+        wanted = kinds(frame.imagetyp)
+        if wanted and queue.pending_masters(session, frame.instrument_id, wanted):
+            queue.enqueue_frame(app, frame, schedule_at=datetime.now(UTC) + RECHECK)
+            return True
+    return False
+
+
+def _queue_again_at(rt, app, frame_id: int, until: datetime) -> None:
+    with rt.sessions() as session:
+        queue.enqueue_frame_id(app, session, frame_id, schedule_at=_later(until))
+
+
 def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
     """Build (or rebuild) the master of the group of calibration frame ``frame_id``."""
     rt = runtime()
     app = rt.queue_app()
 
     def work() -> None:
-        with rt.sessions() as session:
-            frame = session.get(Frame, frame_id)
-            if frame is None:
-                return
-            prerequisites = {"dark": ("bias",), "flat": ("bias", "dark")}.get(frame.imagetyp, ())
-            if prerequisites and queue.pending_masters(session, frame.instrument_id, prerequisites):
-                queue.enqueue_frame(app, frame, schedule_at=datetime.now(UTC) + RECHECK)
-                return
+        prerequisites = {"dark": ("bias",), "flat": ("bias", "dark")}
+        if _wait_for_masters(rt, app, frame_id, lambda kind: prerequisites.get(kind, ())):
+            return
         built = build_master(rt.sessions, rt.settings, frame_id, now=datetime.now(UTC),
                              quiet_seconds=rt.quiet_seconds)
         if built.wait_until is not None:
-            with rt.sessions() as session:
-                queue.enqueue_frame_id(app, session, frame_id, schedule_at=_later(built.wait_until))
+            _queue_again_at(rt, app, frame_id, built.wait_until)
             return
         if built.master_id is None:
             log.warning("no master for %s: %s", built.group_key, built.reason)
@@ -103,28 +131,35 @@ def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
     _guarded(context, frame_id, work)
 
 
-@blueprint.task(name="reduce_frame", pass_context=True, retry=SettingsRetry())
 def reduce_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
     """Calibrate light frame ``frame_id`` with the best masters there are."""
     rt = runtime()
     app = rt.queue_app()
 
     def work() -> None:
-        with rt.sessions() as session:
-            frame = session.get(Frame, frame_id)
-            if frame is None:
-                return
-            # Masters this frame could use are still being built: reduce once, after them.
-            if queue.pending_masters(session, frame.instrument_id, ("bias", "dark", "flat")):
-                queue.enqueue_frame(app, frame, schedule_at=datetime.now(UTC) + RECHECK)
-                return
+        if _wait_for_masters(rt, app, frame_id, lambda kind: ("bias", "dark", "flat")):
+            return
         done = reduce_light(rt.sessions, rt.settings, frame_id, now=datetime.now(UTC),
                             grace_seconds=rt.grace_seconds)
         if done.wait_until is not None:
-            with rt.sessions() as session:
-                queue.enqueue_frame_id(app, session, frame_id, schedule_at=_later(done.wait_until))
+            _queue_again_at(rt, app, frame_id, done.wait_until)
             return
         if done.path is not None:
             log.info("reduced frame %d%s", frame_id, f" without {', '.join(done.missing)}" if done.missing else "")
 
     _guarded(context, frame_id, work)
+
+
+def make_blueprint() -> procrastinate.Blueprint:
+    """The pipeline's tasks on a new blueprint, for one app.
+
+    A new one each time: ``App.add_tasks_from`` renames a blueprint's tasks in place and
+    binds them to that app, so one module-level blueprint shared by the several apps of a
+    process (the daemon's, its worker's, the one jobs queue with) ended up with tasks named
+    ``obsdb:obsdb:...`` bound to the last app made: the worker found no task to run
+    (TaskNotFound) and ingest deferred through an app that was already closed.
+    """
+    blueprint = procrastinate.Blueprint()
+    blueprint.task(name="build_master", pass_context=True, retry=SettingsRetry())(build_master_task)
+    blueprint.task(name="reduce_frame", pass_context=True, retry=SettingsRetry())(reduce_frame_task)
+    return blueprint

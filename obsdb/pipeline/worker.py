@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 
 import procrastinate
+from procrastinate.worker import Worker
 from sqlalchemy import text
 
 from obsdb.config import Settings
@@ -33,13 +34,52 @@ def reconcile(runtime: Runtime) -> int:
     return queued
 
 
-async def recover_stalled(app: procrastinate.App, settings: Settings) -> int:
+def _requeue_lost_job(runtime: Runtime, job_id: int, worker_id: int | None) -> bool:
+    """Put back to 'todo' a job whose worker died, in one transaction; False if it is not
+    (or no longer) that dead worker's.
+
+    The job must still be 'doing' for the same worker: between reading the stalled jobs and
+    now, another worker may have put it back and a third be running it, and turning that
+    run back to 'todo' would let the job run twice at once. A copy of the same work already
+    waiting in the queue (same queueing lock: the frame was asked for again meanwhile) is
+    cancelled: the database allows one 'todo' job per queueing lock, and a plain retry
+    (procrastinate's ``retry_job``) is refused, which left the dead job 'doing' for ever,
+    holding its lock, so the frame was never processed again.
+    """
+    with runtime.sessions() as session, session.begin():
+        row = session.execute(
+            text(
+                "SELECT queueing_lock FROM procrastinate_jobs WHERE id = :id AND status = 'doing' "
+                "AND worker_id IS NOT DISTINCT FROM :worker FOR UPDATE"
+            ),
+            {"id": job_id, "worker": worker_id},
+        ).first()
+        if row is None:
+            return False
+        if row.queueing_lock is not None:
+            queue.cancel_waiting_copies(session, row.queueing_lock, job_id)
+        # What procrastinate_retry_job does (its triggers record a 'deferred_for_retry' event).
+        session.execute(
+            text("UPDATE procrastinate_jobs SET status = 'todo', attempts = attempts + 1, scheduled_at = now() "
+                 "WHERE id = :id"),
+            {"id": job_id},
+        )
+    return True
+
+
+async def recover_stalled(app: procrastinate.App, runtime: Runtime) -> int:
     """Jobs left 'doing' by a worker that stopped sending heartbeats go back to the queue."""
-    stalled = list(await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=settings.queue.stalled_seconds))
+    stalled = list(await app.job_manager.get_stalled_jobs(
+        seconds_since_heartbeat=runtime.settings.queue.stalled_seconds))
+    recovered = 0
     for job in stalled:
-        log.warning("job %s (%s %s) lost its worker; retrying it", job.id, job.task_name, job.task_kwargs)
-        await app.job_manager.retry_job(job)
-    return len(stalled)
+        try:
+            if await asyncio.to_thread(_requeue_lost_job, runtime, job.id, job.worker_id):
+                log.warning("job %s (%s %s) lost its worker; retrying it", job.id, job.task_name, job.task_kwargs)
+                recovered += 1
+        except Exception:  # one job's trouble must not keep the others from being recovered
+            log.exception("could not put job %s back in the queue; will try again", job.id)
+    return recovered
 
 
 def _worker_options(settings: Settings, concurrency: int, wait: bool) -> dict:
@@ -55,14 +95,21 @@ def _worker_options(settings: Settings, concurrency: int, wait: bool) -> dict:
     )
 
 
-async def _housekeeping(app: procrastinate.App, runtime: Runtime) -> None:
-    """Every heartbeat: recover stalled jobs; every few minutes: reconcile."""
+async def _housekeeping(app: procrastinate.App, runtime: Runtime, running: list[Worker]) -> None:
+    """Every heartbeat: beat for our worker, recover stalled jobs; every few minutes: reconcile."""
     beats = 0
     while True:
         await asyncio.sleep(runtime.settings.queue.heartbeat_seconds)
         beats += 1
         try:
-            await recover_stalled(app, runtime.settings)
+            # procrastinate stops a worker's heartbeat as soon as the worker is asked to stop,
+            # then waits for its running jobs: a job still running stalled_seconds after a
+            # SIGTERM was taken for lost by the other workers and run a second time, at once.
+            # This beats for the worker until it has unregistered (its id is None then).
+            for worker in running:
+                if worker.worker_id is not None:
+                    await app.job_manager.update_heartbeat(worker.worker_id)
+            await recover_stalled(app, runtime)
             if beats % 30 == 0:
                 await asyncio.to_thread(reconcile, runtime)
         except Exception:  # the database may be down for a while: try again next beat
@@ -85,15 +132,22 @@ async def _run(runtime: Runtime, concurrency: int, until_empty: bool,
                progress: Callable[[int], None] | None) -> None:
     app = queue.make_app(runtime.settings)
     await asyncio.to_thread(reconcile, runtime)
+    running: list[Worker] = []  # the worker housekeeping beats for
+
+    async def run_one(wait: bool) -> None:
+        worker = Worker(app=app, **_worker_options(runtime.settings, concurrency, wait=wait))
+        running[:] = [worker]
+        await worker.run()
+
     async with app.open_async():
-        await recover_stalled(app, runtime.settings)
-        housekeeping = asyncio.create_task(_housekeeping(app, runtime))
+        await recover_stalled(app, runtime)
+        housekeeping = asyncio.create_task(_housekeeping(app, runtime, running))
         try:
             if not until_empty:
-                await app.run_worker_async(**_worker_options(runtime.settings, concurrency, wait=True))
+                await run_one(wait=True)
                 return
             while True:
-                await app.run_worker_async(**_worker_options(runtime.settings, concurrency, wait=False))
+                await run_one(wait=False)
                 active, next_in = await asyncio.to_thread(_active_jobs, runtime)
                 if progress is not None:
                     progress(active)
