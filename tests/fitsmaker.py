@@ -26,3 +26,15 @@ def write_frame(path: Path, *, imagetyp: str = "Light Frame", date_obs: str = "2
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.PrimaryHDU(data, hdr).writeto(path, overwrite=True)
     return path
+
+
+def frame_header(tmp_path: Path, cards: dict, name: str = "frame.fits") -> fits.Header:
+    """Write a small real FITS file with ``cards`` and read its header back as ingest does."""
+    from obsdb.fitsfile import read_header
+
+    hdr = fits.Header()
+    for key, value in cards.items():
+        hdr[key] = value
+    path = tmp_path / name
+    fits.PrimaryHDU(np.zeros((4, 6), np.uint16), hdr).writeto(path)
+    return read_header(path).header

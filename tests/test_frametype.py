@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from astropy.io import fits
 
-from obsdb.fitsfile import read_header
 from obsdb.instruments import GENERIC_PROFILE, InstrumentProfile, classify
 from obsdb.instruments.keywords import FRAME_TYPE_ALIASES, KEYWORDS
 
-
-def frame_header(tmp_path: Path, cards: dict, name: str = "frame.fits") -> fits.Header:
-    hdr = fits.Header()
-    for key, value in cards.items():
-        hdr[key] = value
-    path = tmp_path / name
-    fits.PrimaryHDU(np.zeros((4, 6), np.uint16), hdr).writeto(path)
-    return read_header(path).header
+from fitsmaker import frame_header
 
 
 @pytest.mark.parametrize("alias, kind", sorted(FRAME_TYPE_ALIASES.items()))

@@ -5,26 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.time import Time
 
-from obsdb.fitsfile import read_header
 from obsdb.instruments import GENERIC_PROFILE, InstrumentProfile
 from obsdb.instruments.obstime import datetime_to_mjd
 
+from fitsmaker import frame_header
+
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
-
-
-def frame_header(tmp_path: Path, cards: dict, name: str = "t.fits") -> fits.Header:
-    """Write a small real FITS file with ``cards`` and read its header back."""
-    hdr = fits.Header()
-    for key, value in cards.items():
-        hdr[key] = value
-    path = tmp_path / name
-    fits.PrimaryHDU(np.zeros((4, 6), np.uint16), hdr).writeto(path)
-    return read_header(path).header
 
 
 def utc(text: str) -> datetime:
