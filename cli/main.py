@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from obsdb import __version__
-from obsdb.cli import catalog_commands, database_commands, ingest_commands, pipeline_commands, simulate_command
+from obsdb.cli import (
+    catalog_commands,
+    database_commands,
+    ingest_commands,
+    photometry_commands,
+    pipeline_commands,
+    refcat_commands,
+    simulate_command,
+)
 from obsdb.cli.context import AppContext, configure_logging
 
 
@@ -25,7 +33,8 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     ctx.obj = AppContext(config_path=config_path)
 
 
-for module in (database_commands, simulate_command, ingest_commands, pipeline_commands, catalog_commands):
+for module in (database_commands, simulate_command, ingest_commands, pipeline_commands, catalog_commands,
+               photometry_commands, refcat_commands):
     for command in module.COMMANDS:
         cli.add_command(command)
 

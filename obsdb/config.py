@@ -61,6 +61,74 @@ class CalibrationSettings:
     retry_wait_seconds: float = 10.0
 
 
+# Filter names as filter wheels spell them, mapped onto catalog bands. A profile's or the
+# config's [photometry.filter_bands] extends and overrides these.
+DEFAULT_FILTER_BANDS = {
+    "u": "u", "u'": "u", "sloan u": "u", "sloan u'": "u", "sdss u": "u",
+    "g": "g", "g'": "g", "sloan g": "g", "sloan g'": "g", "sdss g": "g", "gp": "g",
+    "r": "r", "r'": "r", "sloan r": "r", "sloan r'": "r", "sdss r": "r", "rp": "r",
+    "i": "i", "i'": "i", "sloan i": "i", "sloan i'": "i", "sdss i": "i", "ip": "i",
+    "z": "z", "z'": "z", "sloan z": "z", "sloan z'": "z", "sdss z": "z", "zs": "z",
+    "b": "B", "johnson b": "B", "v": "V", "johnson v": "V", "rc": "R", "cousins r": "R",
+    "ic": "I", "cousins i": "I",
+}
+# The colour used for the colour term of each band (bluer minus redder neighbour).
+DEFAULT_BAND_COLOURS = {
+    "u": "u-g", "g": "g-r", "r": "g-r", "i": "r-i", "z": "i-z",
+    "B": "B-V", "V": "B-V", "R": "V-R", "I": "R-I",
+}
+
+
+@dataclass(frozen=True)
+class PhotometrySettings:
+    """Star detection, astrometry, aperture photometry and magnitude calibration."""
+
+    # Reference catalog to calibrate against (`obsdb refcat load --name`); None: the one
+    # catalog loaded (or none at all: magnitudes are relative, flag 512).
+    refcat: str | None = None
+    filter_bands: dict[str, str] = field(default_factory=dict)
+    band_colours: dict[str, str] = field(default_factory=dict)
+    # Detection threshold in sigma of the local sky noise, and the least connected pixels.
+    detect_threshold: float = 3.0
+    detect_min_area: int = 5
+    # Aperture radii as multiples of the frame's FWHM, plus fixed radii in pixels.
+    aperture_fwhm_factors: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    aperture_fixed_radii: tuple[float, ...] = ()
+    # Which aperture is reported: "auto" (curve of growth) or a radius in pixels.
+    aperture: str | float = "auto"
+    # Scintillation (Young 1967) coefficient and the Osborn et al. (2015) correction; the
+    # telescope aperture comes from APTDIA or this (metres).
+    scintillation_coefficient: float = 0.09
+    scintillation_correction: float = 1.5
+    telescope_diameter_m: float | None = None
+    # Astrometry: how far (pixels) the header WCS may be off, least matches, SIP degree.
+    search_radius_px: float = 60.0
+    min_astrometric_matches: int = 6
+    sip_degree: int = 2
+    # Frames without WCS are aligned to a solved frame of the same field within this
+    # distance of their pointing (degrees).
+    same_field_deg: float = 0.5
+    # Zero points: calibrators need this S/N; a frame needs this many of them.
+    zp_min_snr: float = 20.0
+    zp_min_stars: int = 5
+    fit_colour_term: bool = True
+    # Ensemble photometry.
+    ensemble_clip_sigma: float = 4.0
+    ensemble_min_frames: int = 3
+
+    def band_of(self, filter_name: str | None) -> str | None:
+        """The catalog band of an instrument filter, or None when unknown."""
+        if not filter_name:
+            return None
+        bands = {**DEFAULT_FILTER_BANDS, **{k.lower(): v for k, v in self.filter_bands.items()}}
+        return bands.get(filter_name.strip().lower())
+
+    def colour_of(self, band: str | None) -> str | None:
+        if band is None:
+            return None
+        return {**DEFAULT_BAND_COLOURS, **self.band_colours}.get(band)
+
+
 @dataclass(frozen=True)
 class QueueSettings:
     """The job queue's liveness: how fast a killed worker's job is given to another."""
@@ -90,6 +158,7 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    photometry: PhotometrySettings = field(default_factory=PhotometrySettings)
     instruments: dict[str, dict[str, Any]] = field(default_factory=dict)
     pipeline: dict[str, Any] = field(default_factory=dict)
 
@@ -138,6 +207,10 @@ def _calibration_values(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _photometry_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
 def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings:
     """Read the environment and the optional TOML file into :class:`Settings`.
 
@@ -175,6 +248,7 @@ def load_settings(config_path: str | os.PathLike[str] | None = None) -> Settings
         watch=_build(WatchSettings, _section(data, "watch"), "watch"),
         calibration=_build(CalibrationSettings, _calibration_values(_section(data, "calibration")), "calibration"),
         queue=_build(QueueSettings, _section(data, "queue"), "queue"),
+        photometry=_build(PhotometrySettings, _photometry_values(_section(data, "photometry")), "photometry"),
         instruments=instruments,
         pipeline=_section(data, "pipeline"),
     )

@@ -16,6 +16,7 @@ def config_hash(settings: Settings) -> str:
     """Short, stable hash of every setting that changes a product's pixels or numbers."""
     shaping = {
         "calibration": dataclasses.asdict(settings.calibration),
+        "photometry": dataclasses.asdict(settings.photometry),
         "instruments": settings.instruments,
         "pipeline": settings.pipeline,
     }

@@ -72,7 +72,10 @@ def test_real_night_builds_one_master_each_and_matches_an_independent_computatio
         lights = session.scalars(select(Frame).where(Frame.imagetyp == "light")).all()
         reductions = {r.frame_id: r for r in session.scalars(select(Reduction))}
     assert len(lights) == 7
-    assert {f.state for f in lights} == {"reduced"}, [(f.path, f.state, f.state_reason) for f in lights]
+    # Reduced, then the measure stage finds no WCS (none in the headers, FOCALLEN = 0, no
+    # catalog): the lights wait for a plate solution, and say how to give one.
+    assert {f.state for f in lights} == {"needs_wcs"}, [(f.path, f.state, f.state_reason) for f in lights]
+    assert all("obsdb wcs attach" in f.state_reason for f in lights)
     assert sorted(reductions) == sorted(f.id for f in lights)
     for light in lights:
         red = reductions[light.id]

@@ -253,18 +253,66 @@ def test_cosmic_rays_recovered_without_star_cores(seed):
     assert cores == 0
 
 
-def test_star_guard_unflags_star_cores():
+@pytest.mark.parametrize("candidate_sigma", [5.0, None])
+def test_star_guard_unflags_star_cores(candidate_sigma):
     # An undersampled, very bright star is what fools L.A.Cosmic; with a permissive
-    # objlim astroscrappy alone flags its core, the guard takes it back.
+    # objlim astroscrappy alone flags its core, the guard takes it back. Its core is sharp
+    # enough to be a candidate, so windows or whole frame, the result is the same.
     rng = np.random.default_rng(33)
     image, _ = star_field((64, 64), rng, n_stars=0, sky=300.0)
     from calibration_synth import moffat
     image += moffat((64, 64), 32.3, 31.8, 3e6, 2.0, 4.0)
     data = ((rng.poisson(image * GAIN) + rng.normal(0, READ_NOISE, image.shape)) / GAIN).astype(np.float32)
-    loose = CosmicRayDetector(objlim=0.5, sigclip=4.5, star_ratio=None)
+    loose = CosmicRayDetector(objlim=0.5, sigclip=4.5, star_ratio=None, candidate_sigma=candidate_sigma)
     assert loose(data, gain=GAIN, read_noise=READ_NOISE)[30:34, 30:34].any()
-    guarded = CosmicRayDetector(objlim=0.5, sigclip=4.5)
+    guarded = CosmicRayDetector(objlim=0.5, sigclip=4.5, candidate_sigma=candidate_sigma)
     assert not guarded(data, gain=GAIN, read_noise=READ_NOISE)[30:34, 30:34].any()
+
+
+def _sparse_scene(seed, shape=(768, 768), n_stars=170, n_hits=60):
+    """A frame at a normal cosmic-ray rate (~2.5e-4 of the pixels hit), where the
+    detector runs astroscrappy on windows around candidates only."""
+    rng = np.random.default_rng(seed)
+    image, centres = star_field(shape, rng, n_stars=n_stars, sky=300.0, peak_max=50000.0)
+    hits_image, hit_mask, hits = cosmic_rays(shape, rng, n_hits=n_hits)
+    electrons = rng.poisson(image * GAIN) + rng.normal(0, READ_NOISE, shape)
+    data = (electrons / GAIN + hits_image).astype(np.float32)
+    variance = ((np.maximum(data, 0) * GAIN + READ_NOISE**2) / GAIN**2).astype(np.float32)
+    return data, variance, hit_mask, hits
+
+
+@pytest.mark.parametrize("scene", ["sparse", "dense"])
+def test_candidate_windows_give_the_whole_frame_mask(scene):
+    # The windows around candidates hold every pixel astroscrappy flags in the whole frame.
+    if scene == "sparse":
+        data, variance, hit_mask, hits = _sparse_scene(36)
+        windowed = CosmicRayDetector()
+    else:  # 400 hits on 512x512: by default the whole frame runs; force the windows
+        data, variance, hit_mask, hits, _ = _cosmic_scene(31)
+        windowed = CosmicRayDetector(max_tile_fraction=np.inf)
+    whole = CosmicRayDetector(candidate_sigma=None)
+    for var in (variance, None):
+        expected = whole(data, gain=GAIN, read_noise=READ_NOISE, variance=var)
+        got = windowed(data, gain=GAIN, read_noise=READ_NOISE, variance=var)
+        np.testing.assert_array_equal(got, expected)
+    assert np.count_nonzero(got & hit_mask) / np.count_nonzero(hit_mask) > 0.95
+    assert np.mean([got[h[:, 0], h[:, 1]].any() for h in hits]) > 0.97
+
+
+def test_hits_on_the_frame_edge_and_nan_pixels():
+    rng = np.random.default_rng(37)
+    shape = (200, 240)
+    data = ((rng.poisson(np.full(shape, 300.0 * GAIN)) + rng.normal(0, READ_NOISE, shape)) / GAIN).astype(np.float32)
+    edge = [(0, 50), (120, 0), (199, 100), (60, 239), (1, 1), (198, 120)]
+    for y, x in edge:
+        data[y, x] += 3000.0
+    data[100, 100:103] = np.nan
+    data[150, 150] += 3000.0
+    for detector in (CosmicRayDetector(), CosmicRayDetector(candidate_sigma=None)):
+        flagged = detector(data, gain=GAIN, read_noise=READ_NOISE)
+        assert all(flagged[y, x] for y, x in edge) and flagged[150, 150]
+        assert not flagged[100, 100:103].any()
+        assert np.count_nonzero(flagged) <= 4 * (len(edge) + 1)
 
 
 def test_cosmic_rays_in_reduce_frame(detector, masters):

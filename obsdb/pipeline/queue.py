@@ -18,9 +18,12 @@ from obsdb.models import Frame
 log = logging.getLogger(__name__)
 
 # Masters before the frames they calibrate, biases before darks before flats.
-PRIORITY = {"bias": 30, "dark": 20, "flat": 10, "light": 0}
+# Ensembles last: in a batch run every frame of a field is measured before it is solved.
+PRIORITY = {"bias": 30, "dark": 20, "flat": 10, "light": 0, "measure": 0, "ensemble": -10}
 BUILD_MASTER = "obsdb:build_master"
 REDUCE_FRAME = "obsdb:reduce_frame"
+MEASURE_FRAME = "obsdb:measure_frame"
+SOLVE_ENSEMBLE = "obsdb:solve_ensemble"
 
 
 def conninfo(settings: Settings) -> str:
@@ -44,10 +47,11 @@ def frame_lock(frame_id: int) -> str:
     return f"frame:{frame_id}"
 
 
-def _defer(app: procrastinate.App, task: str, *, lock: str, priority: int, schedule_at=None, **kwargs) -> bool:
+def _defer(app: procrastinate.App, task: str, *, lock: str, priority: int, schedule_at=None,
+           queueing_lock: str | None = None, **kwargs) -> bool:
     try:
         app.configure_task(
-            task, lock=lock, queueing_lock=lock, priority=priority, schedule_at=schedule_at
+            task, lock=lock, queueing_lock=queueing_lock or lock, priority=priority, schedule_at=schedule_at
         ).defer(**kwargs)
         return True
     except AlreadyEnqueued:
@@ -64,6 +68,21 @@ def enqueue_frame(app: procrastinate.App, frame: Frame, schedule_at=None) -> boo
         return _defer(app, REDUCE_FRAME, lock=frame_lock(frame.id), priority=PRIORITY["light"],
                       schedule_at=schedule_at, frame_id=frame.id)
     return False  # unclassified frames wait for a person
+
+
+def enqueue_measure(app: procrastinate.App, frame_id: int, schedule_at=None) -> bool:
+    """Queue the measure stage of a reduced frame. It shares the frame's execution lock
+    with its reduction (never both at once) but not the queueing lock: a reduction asked
+    for again must not be refused because a measurement waits."""
+    return _defer(app, MEASURE_FRAME, lock=frame_lock(frame_id), queueing_lock=f"measure:{frame_id}",
+                  priority=PRIORITY["measure"], schedule_at=schedule_at, frame_id=frame_id)
+
+
+def enqueue_ensemble(app: procrastinate.App, field: str, filter_name: str, schedule_at=None) -> bool:
+    """Queue the ensemble solution of a field in a filter (one waiting copy at most)."""
+    lock = f"ensemble:{field}/{filter_name}"
+    return _defer(app, SOLVE_ENSEMBLE, lock=lock, priority=PRIORITY["ensemble"], schedule_at=schedule_at,
+                  field=field, filter_name=filter_name)
 
 
 def enqueue_frame_id(app: procrastinate.App, session: Session, frame_id: int, schedule_at=None) -> bool:
@@ -83,17 +102,19 @@ def pending_masters(session: Session, instrument_id: int, kinds: tuple[str, ...]
     ) or 0
 
 
-def frames_without_jobs(session: Session) -> list[int]:
-    """Frames ingest left for the pipeline that no job will reach (a lost enqueue, a crash,
-    a database restored from backup): the reconciliation sweep queues them again."""
+def frames_without_jobs(session: Session, state: str = "ingested") -> list[int]:
+    """Frames left in ``state`` (ingested: for their master or reduction; reduced: for
+    their measurement) that no job will reach (a lost enqueue, a crash, a database
+    restored from backup): the reconciliation sweep queues them again."""
     return list(
         session.scalars(
             text(
-                "SELECT f.id FROM frames f WHERE f.superseded_at IS NULL AND f.state = 'ingested' "
+                "SELECT f.id FROM frames f WHERE f.superseded_at IS NULL AND f.state = :state "
                 "AND f.imagetyp IN ('bias', 'dark', 'flat', 'light') AND NOT EXISTS ("
                 " SELECT 1 FROM procrastinate_jobs j WHERE j.status IN ('todo', 'doing')"
                 " AND (j.args->>'frame_id')::bigint = f.id) ORDER BY f.id"
-            )
+            ),
+            {"state": state},
         )
     )
 

@@ -15,6 +15,9 @@ from sqlalchemy import select, update
 from obsdb.calibration.master_stage import build_master, stale_dependents
 from obsdb.calibration.reduce_stage import lights_to_redo, reduce_light
 from obsdb.models import Frame, Master, MasterInput
+from obsdb.photometry.ensemble_stage import solve_field
+from obsdb.photometry.frame_wcs import field_key
+from obsdb.photometry.measure_stage import measure_frame
 from obsdb.pipeline import queue
 from obsdb.pipeline.runtime import runtime
 
@@ -146,8 +149,41 @@ def reduce_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
             return
         if done.path is not None:
             log.info("reduced frame %d%s", frame_id, f" without {', '.join(done.missing)}" if done.missing else "")
+            queue.enqueue_measure(app, frame_id)
 
     _guarded(context, frame_id, work)
+
+
+def measure_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
+    """Detect, solve, measure and crossmatch reduced frame ``frame_id``; then queue its
+    field's ensemble, and the frames of the field that were waiting for a WCS."""
+    rt = runtime()
+    app = rt.queue_app()
+
+    def work() -> None:
+        done = measure_frame(rt.sessions, rt.settings, frame_id)
+        if done.state != "measured":
+            if done.state == "needs_wcs":
+                log.warning("frame %d needs a WCS: %s", frame_id, done.reason)
+            return
+        queue.enqueue_ensemble(app, done.field, done.filter)
+        with rt.sessions() as session:
+            frame = session.get(Frame, frame_id)
+            waiting = session.scalars(
+                select(Frame).where(Frame.state == "needs_wcs", Frame.instrument_id == frame.instrument_id,
+                                    Frame.superseded_at.is_(None))
+            ).all()
+            for other in waiting:
+                if field_key(other) == done.field:
+                    queue.enqueue_measure(app, other.id)
+
+    _guarded(context, frame_id, work)
+
+
+def solve_ensemble_task(field: str, filter_name: str) -> None:
+    """Solve the ensemble of one field in one filter and revise its magnitudes."""
+    rt = runtime()
+    solve_field(rt.sessions, rt.settings, field, filter_name)
 
 
 def make_blueprint() -> procrastinate.Blueprint:
@@ -162,4 +198,6 @@ def make_blueprint() -> procrastinate.Blueprint:
     blueprint = procrastinate.Blueprint()
     blueprint.task(name="build_master", pass_context=True, retry=SettingsRetry())(build_master_task)
     blueprint.task(name="reduce_frame", pass_context=True, retry=SettingsRetry())(reduce_frame_task)
+    blueprint.task(name="measure_frame", pass_context=True, retry=SettingsRetry())(measure_frame_task)
+    blueprint.task(name="solve_ensemble", retry=SettingsRetry())(solve_ensemble_task)
     return blueprint

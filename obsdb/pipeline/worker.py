@@ -29,6 +29,8 @@ def reconcile(runtime: Runtime) -> int:
             frame = session.get(Frame, frame_id)
             if frame is not None and queue.enqueue_frame(app, frame):
                 queued += 1
+        for frame_id in queue.frames_without_jobs(session, "reduced"):
+            queued += queue.enqueue_measure(app, frame_id)
     if queued:
         log.info("queued %d frame(s) that had no job", queued)
     return queued
