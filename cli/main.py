@@ -9,6 +9,7 @@ from obsdb.cli import (
     catalog_commands,
     database_commands,
     ingest_commands,
+    lightcurve_commands,
     photometry_commands,
     pipeline_commands,
     refcat_commands,
@@ -34,7 +35,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 
 
 for module in (database_commands, simulate_command, ingest_commands, pipeline_commands, catalog_commands,
-               photometry_commands, refcat_commands):
+               photometry_commands, refcat_commands, lightcurve_commands):
     for command in module.COMMANDS:
         cli.add_command(command)
 

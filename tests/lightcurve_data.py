@@ -24,11 +24,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import psycopg
+import pytest
 
 from obsdb.catalog.healpix import healpix_index
 from obsdb.photometry import flags as F
@@ -265,3 +271,37 @@ def fill(url: str, seed: int = 7) -> Truth:
             cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
         conn.commit()
     return truth
+
+
+@contextmanager
+def filled_database(pg_admin_url: str, template: str, seed: int = 7) -> Iterator[tuple[str, Truth]]:
+    """A new database (copied from the migrated template) filled by :func:`fill`.
+
+    Yields ``(sqlalchemy_url, truth)`` and drops the database afterwards; for
+    module-scoped fixtures, so that many read-only tests share one fill.
+    """
+    from conftest import _create_database, _drop_database, _with_database
+
+    name = f"obsdb_lc_{uuid.uuid4().hex[:10]}"
+    _create_database(pg_admin_url, name, template=template)
+    url = _with_database(pg_admin_url, name, "postgresql+psycopg")
+    try:
+        yield url, fill(url, seed)
+    finally:
+        _drop_database(pg_admin_url, name)
+
+
+def cli_env_for(url: str, home: Path) -> dict[str, str]:
+    """Environment for an ``obsdb`` subprocess on the database at ``url``."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBSDB_")}
+    env.update(OBSDB_HOME=str(home), OBSDB_DATABASE_URL=url, PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def lc_database(pg_admin_url: str, template_database: str) -> Iterator[tuple[str, Truth]]:
+    """One filled database for every light-curve test module of the session (they only
+    read it; test_sql_access adds grants). Import it into a test module to use it."""
+    with filled_database(pg_admin_url, template_database) as filled:
+        yield filled

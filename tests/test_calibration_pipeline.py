@@ -228,7 +228,7 @@ def test_simulated_night_matches_the_truth(sim_night, cli_env, sessions):
                                .where(Frame.imagetyp == "light").order_by(Frame.id)).all()
     assert sorted(masters) == sorted([("bias", None, 0.0), ("dark", None, 120.0), ("dark", None, 300.0),
                                       ("flat", "g'", None), ("flat", "r'", None)])
-    assert len(rows) == 4 and all(f.state == "reduced" and r.missing == [] for f, r in rows)
+    assert len(rows) == 4 and all(f.state == "measured" and r.missing == [] for f, r in rows)
     n_bias = len(truth.select(kind="bias"))
     rn_adu = truth.read_noise_e / gain
 
@@ -285,7 +285,7 @@ def test_simulated_night_matches_the_truth(sim_night, cli_env, sessions):
         assert blocks.std() < 2 * expected / 16
 
     # -- calibrated lights against the noise-free sky and stars, and their cosmic rays
-    recovered = total_hits = false_pixels = flagged_total = 0
+    recovered = total_hits = false_pixels = flagged_total = star_flags = bright_stars = 0
     for frame, reduction in rows:
         rec = truth.frame(Path(frame.path).name)
         sci, err, mask, _ = read_product(reduction.path)
@@ -338,11 +338,27 @@ def test_simulated_night_matches_the_truth(sim_night, cli_env, sessions):
         total_hits += np.count_nonzero(detectable)
         false_pixels += np.count_nonzero(false)
         flagged_total += np.count_nonzero(flagged)
+        # Star cores taken for hits: flagged pixels within 2 px of a star whose noise-free
+        # peak exceeds a tenth of saturation, with no hit within 2 px (a hit's neighbours are
+        # flagged on purpose, on a star too).
+        stars = truth.star_fluxes(rec)
+        sx, sy = np.round(stars["x"]).astype(int), np.round(stars["y"]).astype(int)
+        on_frame = (sx >= 0) & (sx < SIM.size) & (sy >= 0) & (sy < SIM.size)
+        sx, sy = sx[on_frame], sy[on_frame]
+        bright = noise_free[sy, sx] - rec.sky_adu_per_pix > truth.camera["saturation_adu"] / 10
+        cores = np.zeros_like(hit)
+        for x, y in zip(sx[bright], sy[bright]):
+            cores[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = True
+        cores &= ~ndimage.binary_dilation(hit, structure=np.ones((5, 5), dtype=bool))
+        star_flags += np.count_nonzero(flagged & cores)
+        bright_stars += int(bright.sum())
     print(f"cosmics, 4 lights: recovery {recovered / total_hits:.4f} of {total_hits}; false "
-          f"{false_pixels / flagged_total:.4f} of {flagged_total} flagged")
+          f"{false_pixels / flagged_total:.4f} of {flagged_total} flagged; {star_flags} flagged pixels within "
+          f"2 px of {bright_stars} stars brighter than saturation / 10")
     assert total_hits > 800
     assert recovered / total_hits > 0.90
     assert false_pixels / flagged_total < 0.01
+    assert bright_stars > 0 and star_flags == 0
 
 
 def _frames_json(env, *args: str) -> list[dict]:
@@ -363,13 +379,13 @@ def test_lights_without_calibrations_are_reduced_then_reduced_again_when_they_ar
         assert session.scalar(select(text("count(*)")).select_from(Master)) == 0
     assert len(lights) == 4 and sorted(before) == sorted(f.id for f in lights)
     for frame in lights:
-        assert frame.state == "reduced"
-        assert frame.state_reason == "reduced without bias, dark, flat"
+        assert frame.state == "measured"  # then measured (header WCS, no catalog)
+        assert frame.state_reason == "measured; reduced without bias, dark, flat"
         red = before[frame.id]
         assert red.missing == ["bias", "dark", "flat"]
         assert (red.bias_id, red.dark_id, red.flat_id) == (None, None, None)
     listed = _frames_json(cli_env)
-    assert {f["state"] for f in listed} == {"reduced"}
+    assert {f["state"] for f in listed} == {"measured"}
     assert {f["id"]: f["product"] for f in listed} == {i: r.path for i, r in before.items()}
     assert all(Path(f["product"]).is_file() for f in listed)
     uncalibrated = {i: float(np.median(read_product(r.path)[0])) for i, r in before.items()}
@@ -388,7 +404,7 @@ def test_lights_without_calibrations_are_reduced_then_reduced_again_when_they_ar
     assert n_rows == 4 and sorted(after) == sorted(before)
     for frame_id, red in after.items():
         frame = lights[frame_id]
-        assert frame.state == "reduced" and frame.state_reason is None
+        assert frame.state == "measured" and frame.state_reason is None
         assert red.missing == []
         assert (red.bias_id, red.dark_id, red.flat_id) == (masters[("bias", None, 0.0)].id,
                                                            masters[("dark", None, 120.0)].id,
@@ -397,7 +413,7 @@ def test_lights_without_calibrations_are_reduced_then_reduced_again_when_they_ar
         calibrated = float(np.median(read_product(red.path)[0]))
         sky = sim_night.truth.frame(Path(frame.path).name).sky_adu_per_pix
         assert calibrated == pytest.approx(sky, rel=0.05), (calibrated, sky, uncalibrated[frame_id])
-    assert {f["state"] for f in _frames_json(cli_env)} == {"reduced"}
+    assert {f["state"] for f in _frames_json(cli_env)} == {"measured"}
 
 
 def test_marking_the_flat_bad_reduces_its_lights_again_without_it(sim_night, cli_env, sessions):
@@ -425,7 +441,7 @@ def test_marking_the_flat_bad_reduces_its_lights_again_without_it(sim_night, cli
             assert red.flat_id is None and red.missing == ["flat"]
             assert (red.bias_id, red.dark_id) == (before[frame_id].bias_id, before[frame_id].dark_id)
             assert red.created_at > before[frame_id].created_at
-            assert frames[frame_id].state == "reduced" and frames[frame_id].state_reason == "reduced without flat"
+            assert frames[frame_id].state == "measured" and frames[frame_id].state_reason == "measured; reduced without flat"
         else:  # the r' lights never used it: left alone
             assert red.flat_id == before[frame_id].flat_id and red.missing == []
             assert red.created_at == before[frame_id].created_at
@@ -475,7 +491,7 @@ def test_a_light_that_cannot_be_read_fails_after_the_configured_attempts(sim_nig
     assert bad.state_reason.startswith("attempt 2/2: ") and len(bad.state_reason) > len("attempt 2/2: ") + 10
     assert bad.id not in reductions
     assert jobs == [("failed", 2)], jobs  # one job, failed for good at its second attempt
-    assert {f.state for f in frames.values()} == {"reduced"}
+    assert {f.state for f in frames.values()} == {"measured"}
     assert all(reductions[f.id].missing == [] for f in frames.values())
 
     status = run_obsdb("status", env=env, check=True).stdout

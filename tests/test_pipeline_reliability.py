@@ -237,7 +237,7 @@ def _pipeline_done(sessions: sessionmaker, n_lights: int, n_calibrations: int):
     cal_done = sum(states.get(k, {}).get(st, 0) for k in CALIBRATION_TYPES for st in ("combined", "unused"))
     done = (
         s["queue"]["todo"] == 0 and s["queue"]["doing"] == 0
-        and states.get("light", {}).get("reduced", 0) == n_lights
+        and states.get("light", {}).get("measured", 0) == n_lights
         and cal_done == n_calibrations
     )
     return s if done else None
@@ -416,7 +416,7 @@ def _check_reductions(sessions: sessionmaker, n_lights: int) -> dict[int, Reduct
         for frame_id, red in reductions.items():
             assert Path(red.path).is_file(), f"product of frame {frame_id} missing: {red.path}"
             frame = session.get(Frame, frame_id)
-            assert frame.state == "reduced", (frame_id, frame.state, frame.state_reason)
+            assert frame.state == "measured", (frame_id, frame.state, frame.state_reason)
             for kind in CALIBRATION_TYPES:
                 best = best_master(session, frame, kind, cal)
                 assert best is not None, f"no {kind} master for frame {frame_id}"
@@ -491,7 +491,7 @@ def test_two_workers_share_a_night_without_doing_anything_twice(night, env, proc
 
     status = _status_json(env)
     assert status["queue"]["todo"] == status["queue"]["doing"] == status["queue"]["failed"] == 0
-    assert status["by_type_and_state"]["light"] == {"reduced": night.n_lights}
+    assert status["by_type_and_state"]["light"] == {"measured": night.n_lights}
     reductions = _check_reductions(sessions, night.n_lights)
     db_runs, log_runs = _check_runs(sessions, [w1, w2])
     _final_reduction_jobs(sessions, reductions, db_runs, log_runs)
@@ -677,7 +677,7 @@ def test_frame_that_keeps_failing_ends_failed_with_its_reason(night, cli_env, tm
                 s = status_summary(session)
             states = s["by_type_and_state"]
             done = (s["queue"]["todo"] == 0 and s["queue"]["doing"] == 0
-                    and states["light"] == {"reduced": night.n_lights - 1, "failed": 1})
+                    and states["light"] == {"measured": night.n_lights - 1, "failed": 1})
             return s if done else None
 
         summary = wait_until(settled, "the bad frame to fail and the others to be reduced", procs=procs,
@@ -697,7 +697,7 @@ def test_frame_that_keeps_failing_ends_failed_with_its_reason(night, cli_env, tm
 
     status = _status_json(env)
     assert status["failed_frames"] == [{"id": bad.id, "path": bad.path, "reason": frame.state_reason}]
-    assert status["by_type_and_state"]["light"] == {"reduced": night.n_lights - 1, "failed": 1}
+    assert status["by_type_and_state"]["light"] == {"measured": night.n_lights - 1, "failed": 1}
     shown = run_obsdb("status", env=env, check=True).stdout
     assert "failed frames: 1" in shown
     assert f"frame {bad.id} {bad.path}: attempt 2/2: " in shown

@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 from astropy.wcs import WCS
+from scipy.spatial import cKDTree
 
 from obsdb.astrometry.errors import AstrometryError
 from obsdb.astrometry.fit import fit_wcs
@@ -55,6 +56,11 @@ _MIN_VOTES = 4
 _FALSE_ALARM = 1e-4
 #: After the coarse transform, matches are first sought within this radius (pixels).
 _START_RADIUS_PX = 6.0
+#: A detection this close (pixels) to one of the reference at the same pixel position
+#: is a fixed pattern, not a star, unless the frames are aligned to about that.
+_FIXED_PATTERN_PX = 2.5
+#: Centroid weights stop growing with the flux beyond the flux of this many stars.
+_N_FULL_WEIGHT = 10
 
 
 def _brightest(xy, flux, n):
@@ -163,6 +169,65 @@ def _similarity_by_astroalign(src, dst):
     return transform.params[:2, :2] / transform.scale, transform.params[:2, 2], len(s)
 
 
+def _refine_similarity(src, dst, rot, shift):
+    """The vote's rotation and shift (good to a bin at the frame's corners) refined by
+    a least-squares similarity fit to the stars they pair, within two bins, then one.
+
+    With a dozen stars the vote's peak spans a few angle steps; the fit pins it down
+    before fixed patterns are told from stars.
+    """
+    tree = cKDTree(dst)
+    for radius in (2.0 * _SHIFT_BIN_PX, 2.0 * _SHIFT_BIN_PX, _SHIFT_BIN_PX):
+        dist, j = tree.query(src @ rot.T + shift, distance_upper_bound=radius)
+        hit = np.flatnonzero(np.isfinite(dist))
+        if hit.size < 3:
+            break
+        # dst = s R src + t as complex numbers: z_d = c0 z_s + c1; the scale is kept at 1.
+        zs = src[hit, 0] + 1j * src[hit, 1]
+        zd = dst[j[hit], 0] + 1j * dst[j[hit], 1]
+        c0, c1 = np.linalg.lstsq(np.column_stack([zs, np.ones_like(zs)]), zd, rcond=None)[0]
+        t = float(np.angle(c0))
+        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        zt = (src[hit] @ rot.T) @ np.array([1.0, 1j])
+        d = np.median(zd - zt)
+        shift = np.array([d.real, d.imag])
+    return rot, shift
+
+
+def _drop_fixed_pattern(x, y, ref_x, ref_y, rot, shift):
+    """``x`` and ``ref_x`` with NaN where a detection of the frame and one of the
+    reference share a pixel (within ``_FIXED_PATTERN_PX``) though the transform moves
+    that pixel by more than twice as much."""
+    xy = np.column_stack([x, y])
+    ref_xy = np.column_stack([ref_x, ref_y])
+    ok = np.flatnonzero(np.isfinite(xy).all(axis=1))
+    ref_ok = np.flatnonzero(np.isfinite(ref_xy).all(axis=1))
+    dist, j = cKDTree(ref_xy[ref_ok]).query(xy[ok], distance_upper_bound=_FIXED_PATTERN_PX)
+    moved = np.hypot(*(xy[ok] @ rot.T + shift - xy[ok]).T)
+    fixed = np.isfinite(dist) & (moved > 2.0 * _FIXED_PATTERN_PX)
+    x, ref_x = x.copy(), ref_x.copy()
+    x[ok[fixed]] = np.nan
+    ref_x[ref_ok[j[fixed]]] = np.nan
+    return x, ref_x
+
+
+def _centroid_weights(flux):
+    """Relative inverse variances of centroids from their stars' fluxes.
+
+    Sky-limited, with one PSF, a centroid's error goes as 1 / flux. The brightest
+    stars' errors reach a floor (photon noise, saturation, the PSF's own changes), and
+    no one star should pull the fit alone: fluxes count up to that of the
+    ``_N_FULL_WEIGHT``-th brightest star (or the 90th percentile of a long list).
+    """
+    flux = np.where(np.isfinite(flux) & (flux > 0), flux, 0.0)
+    positive = np.sort(flux[flux > 0])[::-1]
+    if positive.size == 0:
+        return np.ones(len(flux))
+    cap = float(positive[min(max(_N_FULL_WEIGHT, positive.size // 10), positive.size) - 1])
+    f = np.clip(flux, 1e-3 * cap, cap)
+    return (f / cap) ** 2
+
+
 def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shape,
                        min_matches: int = 6, sip: bool = True, max_rms_px: float = MAX_RMS_PX) -> Solution:
     """Solve a frame by matching its stars to those of a solved frame of the same field.
@@ -232,6 +297,13 @@ def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shap
         how = "astroalign"
     else:
         rot, shift = found[0], found[1]
+    rot, shift = _refine_similarity(src, dst, rot, shift)
+
+    # Fixed-pattern detections (hot pixels, defects, edge effects the calibration left)
+    # sit at the same pixels of both frames, where no star does once the frames are
+    # shifted: they would pull the fit or, matched, scatter it.
+    x, ref_x = _drop_fixed_pattern(x, y, ref_x, ref_y, rot, shift)
+    ref_ok = np.isfinite(ref_x) & np.isfinite(ref_y)
 
     # First WCS of the frame: its pixels -> reference pixels (similarity) -> sky.
     g = np.linspace(0.0, 1.0, 5)
@@ -254,4 +326,4 @@ def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shap
     return _solve(x, y, flux, ref_sky[:, 0], ref_sky[:, 1], ref_mag, initial, shape=shape,
                   search_radius_px=_START_RADIUS_PX, max_rotation_deg=0.0, min_matches=int(min_matches),
                   sip=sip, coarse=False, label=f"align-{how}+", what="reference stars", distortion=distortion,
-                  max_rms_px=float(max_rms_px))
+                  max_rms_px=float(max_rms_px), ref_weight=_centroid_weights(ref_flux), similarity=True)

@@ -83,7 +83,9 @@ class Solution:
     wcs : astropy.wcs.WCS
         Fitted TAN or TAN-SIP WCS (``CRPIX`` at the frame centre).
     rms_px : float
-        Rms of the 2-D residuals of the matched stars, pixels.
+        Rms of the 2-D residuals of the matched stars, pixels (weighted by the inverse
+        variance of their positions when they are weighted, as
+        :func:`~obsdb.astrometry.align.align_to_reference` does).
     rms_arcsec : float
         The same in arcseconds.
     n_matches : int
@@ -168,9 +170,13 @@ def _false_alarm(votes: float, expected: float, trials: int) -> float:
 
 
 def _match(pred_xy, det_tree, radius):
-    """One-to-one nearest-neighbour matches (catalog row, detection row) within radius."""
-    dist, j = det_tree.query(pred_xy, distance_upper_bound=radius)
-    i = np.flatnonzero(np.isfinite(dist))
+    """One-to-one nearest-neighbour matches (catalog row, detection row) within radius.
+
+    ``radius`` is one number, or one per catalog star.
+    """
+    radius = np.asarray(radius, dtype=float)
+    dist, j = det_tree.query(pred_xy, distance_upper_bound=float(radius.max()))
+    i = np.flatnonzero(np.isfinite(dist) & (dist <= radius))
     j, dist = j[i], dist[i]
     # Closest pairs first; a detection claimed by several catalog stars keeps the nearest.
     order = np.argsort(dist, kind="stable")
@@ -180,24 +186,54 @@ def _match(pred_xy, det_tree, radius):
     return i[keep], j[keep]
 
 
-def _fit_poly(xi, eta, x, y, degree):
-    """Least squares of pixels on tangent-plane powers; returns (coef, leverage) or None.
+def _n_terms(degree: int) -> int:
+    """Parameters per pixel axis: 2 for the similarity (4 in all), else the powers'."""
+    return 2 if degree == 0 else len(_powers(degree))
+
+
+def _fit_similarity(u, v, x, y, w=None):
+    """Weighted least squares of x = a + c u - s v, y = b + s u + c v (a similarity,
+    parity kept); returns (coef, leverage) or None. The leverage of a star is the mean
+    of its two rows'."""
+    n = len(u)
+    zeros, ones = np.zeros(n), np.ones(n)
+    design = np.vstack([np.column_stack([ones, zeros, u, -v]), np.column_stack([zeros, ones, v, u])])
+    ww = np.ones(2 * n) if w is None else np.r_[w, w]
+    wd = design * ww[:, None]
+    normal = wd.T @ design
+    if n < 2 or np.linalg.cond(normal) > 1e12:
+        return None
+    inv = np.linalg.inv(normal)
+    coef = inv @ (wd.T @ np.r_[x, y])
+    h = np.einsum("ij,jk,ik->i", wd, inv, design)
+    return coef, 0.5 * (h[:n] + h[n:])
+
+
+def _fit_poly(xi, eta, x, y, degree, w=None):
+    """(Weighted) least squares of pixels on tangent-plane powers; (coef, leverage) or None.
 
     Normal equations: the tangent-plane coordinates are scaled to about +-1, so even
     the cubic system stays well conditioned, and they give the leverages (hat-matrix
-    diagonal) for free, which QR would take ten times longer to give.
+    diagonal) for free, which QR would take ten times longer to give. Degree 0 is a
+    similarity (:func:`_fit_similarity`).
     """
+    if degree == 0:
+        return _fit_similarity(xi, eta, x, y, w)
     design = _design(xi, eta, _powers(degree))
-    normal = design.T @ design
+    wd = design if w is None else design * w[:, None]
+    normal = wd.T @ design
     if len(x) < design.shape[1] or np.linalg.cond(normal) > 1e12:
         return None
     inv = np.linalg.inv(normal)
-    coef = inv @ (design.T @ np.column_stack([x, y]))
-    leverage = np.einsum("ij,jk,ik->i", design, inv, design)
+    coef = inv @ (wd.T @ np.column_stack([x, y]))
+    leverage = np.einsum("ij,jk,ik->i", wd, inv, design)
     return coef, leverage
 
 
 def _predict(coef, xi, eta, degree):
+    if degree == 0:
+        a, b, c, s = coef
+        return np.column_stack([a + c * xi - s * eta, b + s * xi + c * eta])
     return _design(xi, eta, _powers(degree)) @ coef
 
 
@@ -206,20 +242,26 @@ def _rayleigh_sigma(r):
     return math.sqrt(float(np.median(r**2)) / (2.0 * math.log(2.0))) if len(r) else math.inf
 
 
-def _clipped_fit(xi, eta, x, y, degree):
-    """Polynomial fit with iterative 3-sigma clipping; returns (coef, keep, sigma)."""
-    n_min = len(_powers(degree)) + 1
+def _clipped_fit(xi, eta, x, y, degree, w=None):
+    """Polynomial fit with iterative 3-sigma clipping; returns (coef, keep, sigma).
+
+    With weights ``w`` (inverse variances, relative) the fit is weighted, the clipping
+    is on residuals scaled by sqrt(w) and ``sigma`` is the error of a star of unit
+    weight.
+    """
+    n_min = _n_terms(degree) + 1
     keep = np.ones(len(x), dtype=bool)
     if len(x) < n_min:
         return None, keep, math.inf
+    sw = np.ones(len(x)) if w is None else np.sqrt(w)
     coef, sigma = None, math.inf
     for _ in range(5):
-        fitted = _fit_poly(xi[keep], eta[keep], x[keep], y[keep], degree)
+        fitted = _fit_poly(xi[keep], eta[keep], x[keep], y[keep], degree, None if w is None else w[keep])
         if fitted is None:
             return None, keep, math.inf
         coef, h = fitted
         pred = _predict(coef, xi, eta, degree)
-        r = np.hypot(pred[:, 0] - x, pred[:, 1] - y)
+        r = np.hypot(pred[:, 0] - x, pred[:, 1] - y) * sw
         # Leave-one-out residuals r / (1 - h): with few stars the fit bends towards a
         # bad match and hides it; its deleted residual does not.
         r_del = r.copy()
@@ -234,38 +276,44 @@ def _clipped_fit(xi, eta, x, y, degree):
     return coef, keep, sigma
 
 
-def _bic(xi, eta, x, y, degree) -> float:
-    fitted = _fit_poly(xi, eta, x, y, degree)
+def _bic(xi, eta, x, y, degree, w=None) -> float:
+    fitted = _fit_poly(xi, eta, x, y, degree, w)
     if fitted is None:
         return math.inf
     pred = _predict(fitted[0], xi, eta, degree)
-    rss = float(np.sum((pred[:, 0] - x) ** 2 + (pred[:, 1] - y) ** 2))
+    rss = float(np.sum(((pred[:, 0] - x) ** 2 + (pred[:, 1] - y) ** 2) * (1.0 if w is None else w)))
     n = 2 * len(x)
     return n * math.log(max(rss, 1e-30) / n) + 2 * len(_powers(degree)) * math.log(n)
 
 
-def _iterate(xi, eta, pred, det_xy, det_tree, radius, degree):
+def _iterate(xi, eta, pred, det_xy, det_tree, radius, degree, cat_weight=None):
     """Match, fit, clip and shrink the radius until the matches stop changing.
 
     Returns ``(cat_rows, det_rows, coef, sigma, radius, predicted)`` of the last good
     round, or ``(cat_rows, det_rows, None, ...)`` of the first round when even that
-    could not be fitted (too few or degenerate matches).
+    could not be fitted (too few or degenerate matches). With ``cat_weight`` (relative
+    inverse variances of the catalog stars' positions) the fit is weighted and each
+    star's radius shrinks to five times its own expected error; ``radius`` is then the
+    largest of them.
     """
     state = None
     prev = None
+    radii = np.full(len(xi), float(radius))
     for _ in range(_MAX_ITER):
-        ci, dj = _match(pred, det_tree, radius)
-        coef, keep, sigma = _clipped_fit(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], degree)
+        ci, dj = _match(pred, det_tree, radii)
+        w = None if cat_weight is None else cat_weight[ci]
+        coef, keep, sigma = _clipped_fit(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], degree, w)
         if coef is None:
             return state if state is not None else (ci, dj, None, math.inf, radius, pred)
         pred = _predict(coef, xi, eta, degree)
         ci, dj = ci[keep], dj[keep]
-        state = (ci, dj, coef, sigma, radius, pred)
-        new_radius = min(radius, max(MIN_RADIUS_PX, 5.0 * sigma))
+        state = (ci, dj, coef, sigma, float(radii.max()), pred)
+        scale = 1.0 if cat_weight is None else 1.0 / np.sqrt(cat_weight)
+        new_radii = np.minimum(radii, np.maximum(MIN_RADIUS_PX, 5.0 * sigma * scale))
         key = (ci.tobytes(), dj.tobytes())
-        if key == prev and new_radius == radius:
+        if key == prev and np.array_equal(new_radii, radii):
             break
-        prev, radius = key, new_radius
+        prev, radii = key, new_radii
     return state
 
 
@@ -274,7 +322,17 @@ def _iterate(xi, eta, pred, det_xy, det_tree, radius, degree):
 
 def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_radius_px,
            max_rotation_deg, min_matches, sip, coarse, label, what="catalog stars", distortion=None,
-           max_rms_px=MAX_RMS_PX):
+           max_rms_px=MAX_RMS_PX, ref_weight=None, similarity=False):
+    """The solver of :func:`refine_wcs` and :func:`~obsdb.astrometry.align.align_to_reference`.
+
+    ``ref_weight``: relative inverse variances of the reference positions (None: all
+    equal). With it the fits are weighted, each star is matched within five times its
+    own expected error, and ``rms_px`` is the weighted rms. ``similarity``: the
+    matches are found with a similarity (4 parameters) from the initial WCS's pixels
+    rather than a full linear fit (6): with a dozen stars, two more free parameters
+    let the fit follow a bad match (a galaxy's knot) and hide it. The final WCS is
+    fitted in full all the same.
+    """
     ny, nx = _check_shape(shape)
     x, y, flux = _as_arrays("x, y and flux", x, y, flux)
     ref_ra, ref_dec, ref_mag = _as_arrays("ref_ra, ref_dec and ref_mag", ref_ra, ref_dec, ref_mag)
@@ -317,6 +375,10 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
     # Tangent-plane coordinates in (initial) pixels keep the polynomial well scaled.
     xi, eta = xi / scale0 / half_diag, eta / scale0 / half_diag
     cat_mag = np.where(np.isfinite(ref_mag[cat_ok]), ref_mag[cat_ok], np.inf)
+    cat_weight = None
+    if ref_weight is not None:
+        cat_weight = np.asarray(ref_weight, dtype=float).ravel()[cat_ok]
+        cat_weight = cat_weight / np.median(cat_weight)
 
     det_tree = cKDTree(det_xy)
     pred = px.copy()
@@ -349,7 +411,11 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
     else:
         radius = search_radius_px
 
-    state = _iterate(xi, eta, pred, det_xy, det_tree, radius, 1)
+    if similarity:
+        u, v = (px[:, 0] - centre[0]) / half_diag, (px[:, 1] - centre[1]) / half_diag
+        state = _iterate(u, v, pred, det_xy, det_tree, radius, 0, cat_weight)
+    else:
+        state = _iterate(xi, eta, pred, det_xy, det_tree, radius, 1, cat_weight)
     n_in_frame = int(np.sum((pred[:, 0] > -0.5) & (pred[:, 0] < nx - 0.5)
                             & (pred[:, 1] > -0.5) & (pred[:, 1] < ny - 0.5)))
     if state[2] is None or len(state[0]) < min_matches:
@@ -363,10 +429,11 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
         ci, dj = state[0], state[1]
         candidates = [d for d in sorted(MIN_STARS_FOR_SIP) if sip_allowed(det_xy[dj, 0], det_xy[dj, 1], shape, d)]
         if candidates:
-            bics = {d: _bic(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], d) for d in [1, *candidates]}
+            w = None if cat_weight is None else cat_weight[ci]
+            bics = {d: _bic(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], d, w) for d in [1, *candidates]}
             degree = min(bics, key=bics.get)
         if degree > 1:
-            better = _iterate(xi, eta, state[5], det_xy, det_tree, state[4], degree)
+            better = _iterate(xi, eta, state[5], det_xy, det_tree, state[4], degree, cat_weight)
             if better[2] is not None and sip_allowed(det_xy[better[1], 0], det_xy[better[1], 1], shape, degree):
                 state = better
             else:
@@ -376,10 +443,11 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
 
     ref_index = cat_ok[ci]
     det_index = det_ok[dj]
+    w = None if cat_weight is None else cat_weight[ci]
     wcs = fit_wcs(x[det_index], y[det_index], ref_ra[ref_index], ref_dec[ref_index], shape=shape,
-                  sip_degree=degree if degree > 1 else None, distortion=distortion)
+                  sip_degree=degree if degree > 1 else None, distortion=distortion, weights=w)
     dx, dy = residuals(wcs, x[det_index], y[det_index], ref_ra[ref_index], ref_dec[ref_index])
-    rms_px = float(np.sqrt(np.mean(dx**2 + dy**2)))
+    rms_px = float(np.sqrt(np.average(dx**2 + dy**2, weights=w)))
     scale = _pixel_scale_deg(wcs)
     method.append("tan-sip(reference)" if distortion is not None else "tan" if degree == 1 else f"tan-sip{degree}")
 

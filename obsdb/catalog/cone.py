@@ -1,9 +1,10 @@
 """Cone searches on a reference catalog, from Python (for the astrometry and photometry).
 
-The query is the one ``obsdb_refcat_cone`` runs in SQL: the inclusive HEALPix ranges of
-:func:`obsdb.catalog.healpix.cone_ranges` (the same ranges ``obsdb_healpix_ranges``
-gives) joined on the ``(refcat_id, healpix)`` index, then the exact haversine distance
-``obsdb_ang_sep_deg``. Values only ever travel as bound parameters.
+The query is the one ``obsdb_refcat_cone`` runs in SQL, ``obsdb_refcat_stars_in_ranges``:
+one index range scan of ``(refcat_id, healpix)`` per HEALPix range, then the exact
+haversine distance ``obsdb_ang_sep_deg``. The ranges come from
+:func:`obsdb.catalog.healpix.cone_ranges`, identical to ``obsdb_healpix_ranges``'s. Values
+only ever travel as bound parameters.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from obsdb.catalog.refcat import RefcatError, get_refcat
 _MAS_PER_DEG = 3.6e6
 
 _CONE_SQL = text(
-    "SELECT s.star_id, s.catalog_id, s.ra, s.dec, s.pm_ra, s.pm_dec, s.mag, s.mag_err "
-    "FROM unnest(CAST(:lo AS bigint[]), CAST(:hi AS bigint[])) AS r(lo, hi) "
-    "CROSS JOIN LATERAL (SELECT t.star_id, t.catalog_id, t.ra, t.dec, t.pm_ra, t.pm_dec, t.mag, t.mag_err "
-    "FROM refcat_stars AS t WHERE t.refcat_id = :refcat_id AND t.healpix BETWEEN r.lo AND r.hi OFFSET 0) AS s "
-    "WHERE obsdb_ang_sep_deg(:ra, :dec, s.ra, s.dec) <= :radius"
+    "SELECT star_id, catalog_id, ra, dec, pm_ra, pm_dec, mag, mag_err "
+    "FROM obsdb_refcat_stars_in_ranges(:refcat_id, CAST(:lo AS bigint[]), CAST(:hi AS bigint[]), "
+    "CAST(:ra AS float8), CAST(:dec AS float8), CAST(:radius AS float8))"
 )
 
 

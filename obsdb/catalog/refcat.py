@@ -56,8 +56,8 @@ _EXTENSIONS = {
     ".vot": "votable", ".votable": "votable", ".xml": "votable", ".vot.gz": "votable",
 }
 
-DEFAULT_CHUNK_ROWS = 500_000
-_CSV_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_CHUNK_ROWS = 250_000
+_CSV_CHUNK_BYTES = 32 * 1024 * 1024
 
 # Band names become column names of cone-search tables: keep them plain and unambiguous.
 _BAND_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -165,6 +165,7 @@ class LoadResult:
     format: str
     replaced: bool
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the load
 
     @property
     def stars_per_second(self) -> float:
@@ -210,8 +211,9 @@ def read_chunks(path: str | Path, fmt: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
                 yield Table.read(str(path), format="ascii.csv", guess=False)
             return
         if fmt == "fits":
-            table = _read_fits(path)
-        elif fmt == "ecsv":
+            yield from _fits_chunks(path, chunk_rows)
+            return
+        if fmt == "ecsv":
             table = Table.read(str(path), format="ascii.ecsv")
         else:
             table = Table.read(str(path), format="votable")
@@ -222,15 +224,29 @@ def read_chunks(path: str | Path, fmt: str, chunk_rows: int = DEFAULT_CHUNK_ROWS
     yield from _slices(table, chunk_rows)
 
 
-def _read_fits(path: Path) -> Table:
+def _fits_chunks(path: Path, rows: int) -> Iterator[Table]:
+    """The first table HDU, ``rows`` rows at a time, read through a memory map."""
+    import mmap
+
     from astropy.io import fits
 
     with fits.open(path, memmap=True) as hdul:
-        index = next((i for i, h in enumerate(hdul) if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
-    if index is None:
-        raise RefcatError(f"{path.name} has no table extension")
-    # memmap: rows are read from the file as each slice is converted, not all at once.
-    return Table.read(str(path), format="fits", hdu=index, memmap=True)
+        hdu = next((h for h in hdul if isinstance(h, (fits.BinTableHDU, fits.TableHDU))), None)
+        if hdu is None:
+            raise RefcatError(f"{path.name} has no table extension")
+        data = hdu.data
+        n = 0 if data is None else len(data)
+        if n == 0:
+            yield Table.read(hdu)
+            return
+        # The mapped pages a slice has used count towards this process's memory until
+        # they are released; the file stays in the page cache either way.
+        mapping = getattr(getattr(hdul, "_file", None), "_mmap", None)
+        for start in range(0, n, rows):
+            part = type(hdu)(data=data[start:start + rows], header=hdu.header)
+            yield Table.read(part)  # units (TUNITn) and nulls (TNULLn) as astropy reads them
+            if mapping is not None and hasattr(mapping, "madvise"):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _slices(table: Table, rows: int) -> Iterator[Table]:
@@ -663,22 +679,23 @@ def prepare_chunk(table: Table, columns: ColumnMap, first_row: int, problems: Pr
         mas_yr = u.mas / u.yr
         pm_ra = _number_column(table[columns.pm_ra], columns.pm_ra, "pm RA", problems, first_row, mas_yr)
         pm_dec = _number_column(table[columns.pm_dec], columns.pm_dec, "pm Dec", problems, first_row, mas_yr)
-    ids = ids_null = None
+    file_row = np.arange(first_row, first_row + n, dtype=np.int64)
     if columns.id:
         ids, ids_null = _id_column(table[columns.id])
+    else:  # without an id column, the row number in the file identifies the star
+        ids, ids_null = file_row.astype("S20"), None
     if _count(problems) > before:
         return None
     ra = np.mod(ra, 360.0)  # 360 → 0 (validated above); -0.0 → 0.0
     ra[ra >= 360.0] = 0.0
     hp = healpix_index(ra, dec)
     order = np.argsort(hp, kind="stable")
-    star_id = np.arange(first_row, first_row + n, dtype=np.int64)
 
     def take(a):
         return None if a is None else a[order]
 
     return StarChunk(
-        star_id=star_id[order], healpix=hp[order], ra=ra[order], dec=dec[order],
+        star_id=file_row[order], healpix=hp[order], ra=ra[order], dec=dec[order],
         pm_ra=take(pm_ra), pm_dec=take(pm_dec), catalog_id=take(ids), catalog_id_null=take(ids_null),
         mag=mags[order], mag_err=errs[order] if any_err else None,
     )
@@ -759,6 +776,8 @@ def load_refcat(
     problems = Problems()
     n_total = 0
     max_pm = 0.0
+    phases: dict[str, float] = {}
+    t_phase = time.perf_counter()
     with dbapi.cursor() as cur:
         cur.execute(
             "CREATE TEMPORARY TABLE obsdb_refcat_stage (LIKE refcat_stars INCLUDING DEFAULTS) ON COMMIT DROP"
@@ -782,12 +801,19 @@ def load_refcat(
             cp.write(PGCOPY_TRAILER)
         if problems:
             raise RefcatError(problems.message(path))
+        phases["read_and_copy"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
         cur.execute("SET LOCAL work_mem = '256MB'")
+        # Star ids follow the HEALPix order (ties: file order), so the heap and both
+        # indexes are written front to back, and neighbours on the sky share pages.
+        cols = [c for c in STAGE_COLUMNS if c != "star_id"]
         cur.execute(
-            f"INSERT INTO refcat_stars ({', '.join(STAGE_COLUMNS)}) "
-            f"SELECT {', '.join(STAGE_COLUMNS)} FROM obsdb_refcat_stage ORDER BY healpix"
+            f"INSERT INTO refcat_stars (star_id, {', '.join(cols)}) "
+            f"SELECT row_number() OVER (ORDER BY healpix, star_id), {', '.join(cols)} "
+            f"FROM obsdb_refcat_stage"
         )
         cur.execute("DROP TABLE obsdb_refcat_stage")
+        phases["sorted_insert"] = time.perf_counter() - t_phase
     catalog.n_stars = n_total
     catalog.max_pm = max_pm if resolved.has_pm else None
     if old is not None:
@@ -795,10 +821,12 @@ def load_refcat(
         session.flush()
         catalog.name = name
     session.flush()
+    t_phase = time.perf_counter()
     session.execute(text("ANALYZE refcat_stars"))
+    phases["analyze"] = time.perf_counter() - t_phase
     return LoadResult(
         refcat_id=catalog.id, name=name, n_stars=n_total, bands=resolved.band_names, path=str(path),
-        format=fmt, replaced=old is not None, seconds=time.perf_counter() - start,
+        format=fmt, replaced=old is not None, seconds=time.perf_counter() - start, phases=phases,
     )
 
 

@@ -11,10 +11,11 @@ members of one of them::
   schema, SELECT on the researcher views (``v_lightcurve``, ``v_sources``, ``v_frames``,
   ``v_zeropoints``) and on the science tables under them (:data:`RESEARCHER_TABLES`:
   measurements, sources, frames, ... so that columns the views leave out can be read
-  too), EXECUTE on obsdb's cone-search functions (``obsdb_source_cone``,
-  ``obsdb_refcat_cone`` and the HEALPix helpers they call, all named ``obsdb_*``). No
-  write or DDL right of any kind; no access to the job queue (``procrastinate_*``, whose
-  job arguments name files and hosts), ``rejected_files`` or ``alembic_version``. Every
+  too; and ``alembic_version``, which obsdb's commands check before they run, so
+  ``obsdb lc`` works with a researcher's login), EXECUTE on obsdb's cone-search functions
+  (``obsdb_source_cone``, ``obsdb_refcat_cone`` and the HEALPix helpers they call, all
+  named ``obsdb_*``). No write or DDL right of any kind; no access to the job queue
+  (``procrastinate_*``, whose job arguments name files and hosts) or ``rejected_files``. Every
   grant is an explicit list: a table added later is *not* readable until this SQL runs
   again (``obsdb init --create-roles`` after an upgrade does that).
 - ``obsdb_pipeline``: CONNECT and TEMPORARY (the ensemble stage stages updates in a
@@ -50,10 +51,12 @@ PIPELINE_ROLE = "obsdb_pipeline"
 
 RESEARCHER_VIEWS = ("v_lightcurve", "v_sources", "v_frames", "v_zeropoints")
 
-#: Science tables the researcher may read directly (those that exist are granted).
+#: Tables the researcher may read directly (those that exist are granted): the science
+#: tables, and ``alembic_version`` so that obsdb's own commands (``obsdb lc`` ...), which
+#: check the schema revision first, work with a researcher's login.
 RESEARCHER_TABLES = (
     "instruments", "frames", "masters", "master_inputs", "reductions", "frame_solutions", "wcs_attachments",
-    "sources", "measurements", "zeropoints", "ensembles", "targets", "refcats", "refcat_stars",
+    "sources", "measurements", "zeropoints", "ensembles", "targets", "refcats", "refcat_stars", "alembic_version",
 )
 
 ROLES_SQL = r"""-- obsdb database roles (obsdb.database.roles; `obsdb init --create-roles` runs the same SQL).
@@ -88,7 +91,7 @@ DECLARE
   researcher_tables text[] := ARRAY['v_lightcurve', 'v_sources', 'v_frames', 'v_zeropoints',
     'instruments', 'frames', 'masters', 'master_inputs', 'reductions', 'frame_solutions',
     'wcs_attachments', 'sources', 'measurements', 'zeropoints', 'ensembles', 'targets',
-    'refcats', 'refcat_stars'];
+    'refcats', 'refcat_stars', 'alembic_version'];
 BEGIN
   EXECUTE format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO obsdb_researcher, obsdb_pipeline',
                  current_database());
@@ -145,9 +148,9 @@ def create_roles(session: Session) -> None:
 
     Raises
     ------
-    sqlalchemy.exc.ProgrammingError
-        Wrapping ``psycopg.errors.InsufficientPrivilege`` when the login may not create
-        roles or does not own the tables.
+    psycopg.errors.InsufficientPrivilege
+        When the login may not create roles or does not own the tables (the SQL runs on
+        the session's driver connection, so psycopg's error arrives unwrapped).
     """
     # Straight to the driver: the DO blocks hold '%' and ':' that bind-parameter parsing
     # would misread, and psycopg runs several statements in one call when given no

@@ -53,8 +53,8 @@ from obsdb import __version__
 from obsdb.photometry import flags as F
 
 __all__ = [
-    "LC_COLUMNS", "QUALITY_FLAGS", "NoSourceFound", "SourceMatch", "add_phase", "get", "parse_time",
-    "resolve_source",
+    "CONE_COLUMNS", "LC_COLUMNS", "QUALITY_FLAGS", "NoSourceFound", "SourceMatch", "add_phase", "cone",
+    "cone_query", "get", "lightcurve_query", "parse_time", "resolve_source",
 ]
 
 #: Bits that make a measurement "flagged" (left out unless ``include_flagged``): the
@@ -307,16 +307,8 @@ def cone(session: Session, ra: float, dec: float, radius_arcsec: float, *,
         raise ValueError(f"position ({ra}, {dec}) is not on the sky")
     if not (math.isfinite(radius_arcsec) and 0.0 < radius_arcsec <= 180.0 * 3600.0):
         raise ValueError(f"radius must be a positive number of arcsec, got {radius_arcsec!r}")
-    extra = ""
-    if with_counts:
-        extra = (", (SELECT count(*) FROM measurements AS m WHERE m.source_id = c.source_id) AS n_measurements, "
-                 "(SELECT string_agg(t.name, ',' ORDER BY t.name) FROM targets AS t "
-                 "WHERE t.source_id = c.source_id) AS targets")
-    rows = session.execute(
-        text(f"SELECT c.source_id, c.ra, c.dec, c.distance_arcsec{extra} "
-             "FROM obsdb_source_cone(:ra, :dec, :radius) AS c ORDER BY c.distance_arcsec, c.source_id"),
-        {"ra": float(ra) % 360.0, "dec": float(dec), "radius": float(radius_arcsec) / 3600.0},
-    ).mappings().all()
+    sql, params = cone_query(ra, dec, radius_arcsec, with_counts=with_counts)
+    rows = session.execute(text(sql), params).mappings().all()
     out = []
     for r in rows:
         d = {"source_id": int(r["source_id"]), "ra": float(r["ra"]), "dec": float(r["dec"]),
@@ -326,6 +318,18 @@ def cone(session: Session, ra: float, dec: float, radius_arcsec: float, *,
             d["targets"] = r["targets"]
         out.append(d)
     return out
+
+
+def cone_query(ra: float, dec: float, radius_arcsec: float, *, with_counts: bool = False) -> tuple[str, dict]:
+    """The SQL :func:`cone` runs (the function ``obsdb_source_cone``) and its parameters."""
+    extra = ""
+    if with_counts:
+        extra = (", (SELECT count(*) FROM measurements AS m WHERE m.source_id = c.source_id) AS n_measurements, "
+                 "(SELECT string_agg(t.name, ',' ORDER BY t.name) FROM targets AS t "
+                 "WHERE t.source_id = c.source_id) AS targets")
+    sql = (f"SELECT c.source_id, c.ra, c.dec, c.distance_arcsec{extra} "
+           "FROM obsdb_source_cone(:ra, :dec, :radius) AS c ORDER BY c.distance_arcsec, c.source_id")
+    return sql, {"ra": float(ra) % 360.0, "dec": float(dec), "radius": float(radius_arcsec) / 3600.0}
 
 
 def get(sessions_or_session, *, ra: float | None = None, dec: float | None = None, radius_arcsec: float = 2.0,
@@ -399,24 +403,37 @@ def get(sessions_or_session, *, ra: float | None = None, dec: float | None = Non
     return ts
 
 
-def _fetch(session: Session, source_id: int, filters, since, until, with_apertures: bool,
-           include_flagged: bool) -> list:
+def lightcurve_query(source_id: int, *, filters: Sequence[str] | None = None, since: float | None = None,
+                     until: float | None = None, with_apertures: bool = False,
+                     include_flagged: bool = False) -> tuple[str, dict[str, Any]]:
+    """The SQL :func:`get` runs for one source, and its bound parameters.
+
+    Every value arrives as a parameter; the statement text is built from fixed pieces
+    only. (Public so that benchmarks and ``EXPLAIN`` can run exactly this statement.)
+    """
     fields = _FIELDS + (_APERTURE_FIELDS if with_apertures else ())
     where = ["source_id = :source_id"]
-    params: dict[str, Any] = {"source_id": source_id}
+    params: dict[str, Any] = {"source_id": int(source_id)}
     if filters is not None:
         where.append("filter = ANY(CAST(:filters AS text[]))")
-        params["filters"] = filters
+        params["filters"] = list(filters)
     if since is not None:
         where.append("mjd >= :since")
-        params["since"] = since
+        params["since"] = float(since)
     if until is not None:
         where.append("mjd <= :until")
-        params["until"] = until
+        params["until"] = float(until)
     if not include_flagged:
         where.append("(flags & :mask) = 0")
         params["mask"] = QUALITY_FLAGS
     sql = f"SELECT {', '.join(fields)} FROM v_lightcurve WHERE {' AND '.join(where)} ORDER BY mjd, frame_id"
+    return sql, params
+
+
+def _fetch(session: Session, source_id: int, filters, since, until, with_apertures: bool,
+           include_flagged: bool) -> list:
+    sql, params = lightcurve_query(source_id, filters=filters, since=since, until=until,
+                                   with_apertures=with_apertures, include_flagged=include_flagged)
     return session.execute(text(sql), params).all()
 
 

@@ -168,17 +168,16 @@ def find_period(ts, *, filter: str | None = None, min_period: float | None = Non
     return PeriodResult(
         period=1.0 / f_best, frequency=f_best, power=p_best, false_alarm_probability=fap, filter=filter_name,
         n_points=n, baseline=baseline, time_column=time_column, min_period=min_period, max_period=max_period,
-        amplitude=amplitude, peaks=_peaks(freq, power, df), frequencies=freq, powers=power,
+        amplitude=amplitude, peaks=_peaks(freq, power, 1.0 / baseline), frequencies=freq, powers=power,
     )
 
 
-def _peaks(freq: np.ndarray, power: np.ndarray, df: float, count: int = 5) -> list[tuple[float, float]]:
-    """The highest local maxima at least a peak width apart, best first."""
+def _peaks(freq: np.ndarray, power: np.ndarray, width: float, count: int = 5) -> list[tuple[float, float]]:
+    """The highest local maxima at least ``width`` (a peak width, 1 / baseline) apart, best first."""
     if power.size < 3:
         return []
     interior = np.flatnonzero((power[1:-1] >= power[:-2]) & (power[1:-1] >= power[2:])) + 1
     chosen: list[int] = []
-    width = df * 10  # one peak width, 1 / baseline
     for i in interior[np.argsort(power[interior])[::-1]]:
         if all(abs(freq[i] - freq[j]) > width for j in chosen):
             chosen.append(int(i))

@@ -28,6 +28,7 @@ from obsdb.models.photometry import FrameSolution, Measurement, WcsAttachment, Z
 from obsdb.photometry import flags as F
 from obsdb.photometry.apertures import measure_apertures
 from obsdb.photometry.background import estimate_background
+from obsdb.photometry.blends import catalog_blends
 from obsdb.photometry.detect import detect_stars, measure_psf
 from obsdb.photometry.frame_wcs import FrameWcs, NeedsWcs, field_key, footprint, pixel_scale_of, solve_frame_wcs
 from obsdb.photometry.growth import choose_aperture, default_annulus, default_radii
@@ -167,7 +168,7 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
     location, height = _site(header, settings)
     diameter = _telescope_diameter_m(header, settings)
     scint = 0.0
-    if diameter and frame.airmass and frame.exptime:
+    if ph.scintillation_coefficient > 0 and diameter and frame.airmass and frame.airmass >= 1.0 and frame.exptime:
         scint = scintillation_sigma(diameter, frame.airmass, height or 0.0, frame.exptime,
                                     coefficient=ph.scintillation_coefficient, correction=ph.scintillation_correction)
     frame_flags = F.UNCALIBRATED if reduction.missing else 0
@@ -225,10 +226,13 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
                                saturation=None, scintillation=scint, recenter=False)
         k = _reported_aperture(ph, ap, radii)
         flux, flux_err = ap.flux[:, k], ap.flux_err[:, k]
-        apcorr = aperture_correction(ap.flux, ap.flags, ap.snr, k, ~is_forced)
+        apcorr = aperture_correction(ap.flux, ap.flux_err, ap.flags, ap.snr, k, ~is_forced)
         imag, imag_err = inst_mag(flux, flux_err)
         imag = imag + (apcorr or 0.0)
         flags = ap.flags[:, k] | np.where(is_forced, F.FORCED, 0) | frame_flags
+        if refstars is not None and len(refstars):
+            cat_x, cat_y = wcs.world_to_pixel_values(refstars.ra, refstars.dec)
+            flags = flags | catalog_blends(x, y, catalog_pos, cat_x, cat_y, refstars.rank_mag, float(radii[k]))
         ra, dec = wcs.pixel_to_world_values(x, y)
         ra = np.asarray(ra) % 360.0
 
@@ -265,21 +269,36 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
     return FrameMeasured(frame.id, "measured", None, field, frame.filter, len(x), solved.method)
 
 
-# Bright stars that fix a frame's aperture correction, and how many it needs.
-APCORR_MIN_SNR = 50.0
+# Stars that fix a frame's aperture correction, and how many it needs.
+APCORR_MIN_SNR = 20.0
 APCORR_MIN_STARS = 5
 
 
-def aperture_correction(fluxes, flags, snr, k: int, detected) -> float | None:
-    """Magnitude from aperture ``k`` to the largest one: the median over bright, clean,
-    detected stars of -2.5 log10(F_largest / F_k). None when too few such stars."""
+def aperture_correction(fluxes, flux_errs, flags, snr, k: int, detected) -> float | None:
+    """Magnitude from aperture ``k`` to the largest one: the clipped, inverse-variance
+    weighted mean over clean detected stars of -2.5 log10(F_largest / F_k). None when too
+    few such stars. (Every star of the frame shares this number, so its error moves the
+    zero point, not the magnitudes; weighting keeps it small on sparse frames.)"""
     if k == fluxes.shape[1] - 1:
         return 0.0
     clean = detected & (flags[:, k] == 0) & (flags[:, -1] & ~F.LOW_SNR == 0) & (snr[:, k] >= APCORR_MIN_SNR)
     clean &= (fluxes[:, k] > 0) & (fluxes[:, -1] > 0)
     if clean.sum() < APCORR_MIN_STARS:
         return None
-    return float(-2.5 * np.log10(np.median(fluxes[clean, -1] / fluxes[clean, k])))
+    big, small = fluxes[clean, -1], fluxes[clean, k]
+    dm = -2.5 * np.log10(big / small)
+    # the largest aperture's noise dominates (both apertures share the core's photons)
+    err = 1.0857 * np.sqrt(np.clip(flux_errs[clean, -1] ** 2 - flux_errs[clean, k] ** 2, 0, None)) / big
+    w = 1.0 / np.maximum(err, 1e-4) ** 2
+    keep = np.ones(len(dm), bool)
+    for _ in range(5):
+        mean = np.sum(w[keep] * dm[keep]) / np.sum(w[keep])
+        spread = 1.4826 * np.median(np.abs(dm[keep] - mean)) + 1e-4
+        new = np.abs(dm - mean) < 3.0 * np.maximum(spread, err)
+        if new.sum() < APCORR_MIN_STARS or np.array_equal(new, keep):
+            break
+        keep = new
+    return float(np.sum(w[keep] * dm[keep]) / np.sum(w[keep]))
 
 
 def _reported_aperture(ph, ap, radii) -> int:
