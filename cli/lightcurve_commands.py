@@ -130,8 +130,11 @@ def variables(app: AppContext, filters, min_points, top, sort, fmt) -> None:
     """Rank sources by variability: weighted std, chi2/dof, Stetson J, von Neumann ratio, amplitude."""
     from obsdb.lightcurves import VARIABILITY_COLUMNS, render_rows, variability
 
-    with app.sessions()() as session:
-        rows = variability(session, filters=list(filters) or None, min_points=min_points, top=top, sort=sort)
+    try:
+        with app.sessions()() as session:
+            rows = variability(session, filters=list(filters) or None, min_points=min_points, top=top, sort=sort)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(render_rows(rows, VARIABILITY_COLUMNS, fmt))
 
 

@@ -299,9 +299,25 @@ def cli_env_for(url: str, home: Path) -> dict[str, str]:
     return env
 
 
+_FILLED: dict[tuple[str, str], tuple[str, Truth]] = {}
+
+
 @pytest.fixture(scope="session")
-def lc_database(pg_admin_url: str, template_database: str) -> Iterator[tuple[str, Truth]]:
+def lc_database(request, pg_admin_url: str, template_database: str) -> tuple[str, Truth]:
     """One filled database for every light-curve test module of the session (they only
-    read it; test_sql_access adds grants). Import it into a test module to use it."""
-    with filled_database(pg_admin_url, template_database) as filled:
-        yield filled
+    read it; test_sql_access adds grants). Import it into a test module to use it.
+
+    Each importing module holds its own copy of this fixture, so the database is cached
+    here and filled once; the first copy drops it at the end of the session.
+    """
+    key = (pg_admin_url, template_database)
+    if key not in _FILLED:
+        manager = filled_database(pg_admin_url, template_database)
+        _FILLED[key] = manager.__enter__()
+
+        def drop() -> None:
+            _FILLED.pop(key, None)
+            manager.__exit__(None, None, None)
+
+        request.addfinalizer(drop)
+    return _FILLED[key]

@@ -210,6 +210,29 @@ def test_get_by_position_picks_the_nearest_and_names_the_others(lc_sessions, tru
     assert [r["distance_arcsec"] for r in found] == pytest.approx(truth.cluster_distances, abs=0.01)
 
 
+def test_cone_returns_what_the_sql_function_returns(lc_sessions, truth):
+    from obsdb.catalog.sources import create_sources
+
+    rng = np.random.default_rng(5)
+    edges = [(359.9996, 10.0), (0.0003, 10.0002), (180.0, 89.9996), (0.0, 89.9993), (45.0, -89.9995),
+             (90.0, 0.0), (90.0003, -0.0002)]
+    near = [(truth.cluster_pos[0] + dx, truth.cluster_pos[1] + dy) for dx, dy in rng.normal(0, 0.002, (40, 2))]
+    with lc_sessions() as session:  # extra sources for this transaction only (rolled back)
+        added = create_sources(session, [p[0] for p in edges + near], [p[1] for p in edges + near], frame_id=None)
+        assert len(added) == len(edges) + len(near)
+        cones = [(ra, dec, r) for ra, dec in edges for r in (2.0, 3.0)] + [(0.0, 10.0, 5.0), (0.0, 90.0, 4.0)]
+        cones += [(truth.cluster_pos[0], truth.cluster_pos[1], r) for r in (0.6, 1.7, 5.0, 12.0, 60.0, 600.0)]
+        for ra, dec, radius in cones:
+            mine = cone(session, ra, dec, radius)
+            theirs = session.execute(text("SELECT source_id, distance_arcsec FROM obsdb_source_cone(:ra, :dec, :r)"),
+                                     {"ra": ra, "dec": dec, "r": radius / 3600}).all()
+            assert [m["source_id"] for m in mine] == [t.source_id for t in theirs], (ra, dec, radius)
+            assert [m["distance_arcsec"] for m in mine] == pytest.approx([t.distance_arcsec for t in theirs])
+            assert all(m["distance_arcsec"] <= radius for m in mine)
+        assert len(cone(session, 0.0, 10.0, 5.0)) == 2 and len(cone(session, 0.0, 90.0, 4.0)) == 2
+        session.rollback()
+
+
 def test_get_raises_clear_errors(lc_sessions, truth):
     with pytest.raises(NoSourceFound, match="no source within 2 arcsec"):
         get(lc_sessions, ra=truth.empty_pos[0], dec=truth.empty_pos[1])
@@ -225,6 +248,12 @@ def test_get_raises_clear_errors(lc_sessions, truth):
         get(lc_sessions, source_id=1, since=60400, until=60300)
     with pytest.raises(ValueError, match="aperture must be a positive"):
         get(lc_sessions, source_id=1, aperture=0)
+    with pytest.raises(ValueError, match="contains a NUL character"):
+        get(lc_sessions, source_id=1, filters=["V\x00'; DROP TABLE frames; --"])
+    with pytest.raises(ValueError, match="contains a NUL character"):
+        get(lc_sessions, target="x\x00")
+    with lc_sessions() as session, pytest.raises(ValueError, match="contains a NUL character"):
+        variability(session, filters="R\x00")
 
 
 def test_flags_and_upper_limits(lcdb, lc_sessions):

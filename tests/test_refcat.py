@@ -262,6 +262,16 @@ def test_format_from_the_file_name():
         guess_format("catalog.dat")
 
 
+def test_forced_format_and_unreadable_files(sessions, tmp_path):
+    _write(_catalog_table(20), tmp_path / "cat.dat", "csv")
+    assert _load(sessions, tmp_path / "cat.dat", fmt="csv").n_stars == 20
+    (tmp_path / "junk.fits").write_bytes(b"not a FITS file at all" * 100)
+    with pytest.raises(RefcatError, match="cannot read junk.fits as fits"):
+        _load(sessions, tmp_path / "junk.fits", "junk")
+    with pytest.raises(RefcatError, match="no such catalog file"):
+        _load(sessions, tmp_path / "missing.csv", "missing")
+
+
 def test_missing_column_names_the_available_ones(sessions, tmp_path):
     _write(_catalog_table(), tmp_path / "c.csv", "csv")
     bad = ColumnMap(ra="RA_ICRS", dec="DE_ICRS", bands=(BandColumns("g", "Gmag_typo"),))

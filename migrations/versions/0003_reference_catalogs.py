@@ -45,6 +45,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT 16 $$;
 CREATE FUNCTION obsdb_healpix_ang2pix(ra_deg double precision, dec_deg double precision,
                                       hp_order integer DEFAULT 16)
 RETURNS bigint LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+-- The steps of astropy-healpix (astrometry.net's xyztohp, then xy to nested), operation
+-- for operation, so that the same double-precision position gives the same index.
 DECLARE
   nside bigint;
   ns double precision;
@@ -177,6 +179,11 @@ CREATE FUNCTION obsdb_healpix_ranges(ra_deg double precision, dec_deg double pre
                                                 radius_deg double precision, fine_order integer DEFAULT 16)
 RETURNS TABLE(lo bigint, hi bigint)
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE ROWS 12 AS $$
+-- Coarse order k from the radius; every pixel of order k whose centre lies within
+-- radius + max_pixrad(k) of the cone's centre, ring by ring (a ring's pixel centres are
+-- evenly spaced in longitude, so the ones within the cone's longitude span at that
+-- latitude are a run of consecutive pixels); each pixel shifted to fine_order and
+-- adjacent ones merged. obsdb.catalog.healpix.coarse_pixels is the same in Python.
 DECLARE
   k integer;
   n bigint;
@@ -271,6 +278,19 @@ BEGIN
     GROUP BY g.grp
     ORDER BY 1;
 END $$;
+
+COMMENT ON FUNCTION obsdb_healpix_order() IS
+  'HEALPix order (nested) of every healpix column in obsdb: 16, pixels of 3.2 arcsec.';
+COMMENT ON FUNCTION obsdb_healpix_ang2pix(double precision, double precision, integer) IS
+  'Nested HEALPix index of (RA_DEG, DEC_DEG) at order HP_ORDER (default 16), as astropy-healpix computes it.';
+COMMENT ON FUNCTION obsdb_healpix_max_pixrad(integer) IS
+  'Largest angular distance (radians) from a pixel centre to any point of the pixel at that order.';
+COMMENT ON FUNCTION obsdb_healpix_coarse_order(double precision, integer) IS
+  'Order at which obsdb_healpix_ranges covers a cone of RADIUS_DEG: pixels a quarter to half the radius across.';
+COMMENT ON FUNCTION obsdb_healpix_ranges(double precision, double precision, double precision, integer) IS
+  'Sorted, disjoint, inclusive ranges [lo, hi] of nested HEALPix indices at FINE_ORDER (default 16) '
+  'that hold every point within RADIUS_DEG of (RA_DEG, DEC_DEG); join with healpix BETWEEN lo AND hi, '
+  'then test the exact distance (obsdb_ang_sep_deg).';
 """
 
 CONE_SQL = r"""

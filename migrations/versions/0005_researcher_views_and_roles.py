@@ -9,9 +9,12 @@ docs/sql.md): columns are only ever added to them, never renamed or removed, so 
 saved queries keep working when the tables underneath change. They show live frames
 only (``frames.superseded_at IS NULL``: a re-written file's old version is hidden).
 
-``obsdb_source_cone(ra_deg, dec_deg, radius_deg)`` is a plain SQL function, like 0003's
-``obsdb_refcat_cone``: the planner inlines it, so a cone is a handful of range scans of
-``ix_sources_healpix`` followed by the exact (haversine) distance test.
+``obsdb_source_cone(ra_deg, dec_deg, radius_deg)`` is a plain SQL function: the planner
+inlines it, and a cone is one range scan of ``ix_sources_healpix`` per HEALPix range
+(``obsdb_healpix_ranges``, 0003) followed by the exact (haversine) distance test. The
+per-range subquery is fenced (``OFFSET 0``) so that it is planned with the range as a
+parameter: without the fence the planner, which cannot know how narrow the ranges are,
+may prefer to read every source once and test each against every range.
 
 No roles here: roles belong to the whole server and need CREATEROLE, so they are made by
 ``obsdb init --create-roles`` or ``deploy/roles.sql`` (``obsdb.database.roles``), which
@@ -222,7 +225,11 @@ RETURNS TABLE(source_id bigint, ra double precision, "dec" double precision, dis
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
   SELECT s.id, s.ra, s.dec, 3600.0 * obsdb_ang_sep_deg(ra_deg, dec_deg, s.ra, s.dec)
   FROM obsdb_healpix_ranges(ra_deg, dec_deg, radius_deg) AS r
-  JOIN sources AS s ON s.healpix BETWEEN r.lo AND r.hi
+  CROSS JOIN LATERAL (
+    SELECT c.id, c.ra, c.dec FROM sources AS c
+    WHERE c.healpix BETWEEN r.lo AND r.hi
+    OFFSET 0  -- planned per range: an index range scan, never a scan of every source
+  ) AS s
   WHERE obsdb_ang_sep_deg(ra_deg, dec_deg, s.ra, s.dec) <= radius_deg
   ORDER BY 4, 1
 $$;

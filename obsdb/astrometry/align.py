@@ -59,8 +59,15 @@ _START_RADIUS_PX = 6.0
 #: A detection this close (pixels) to one of the reference at the same pixel position
 #: is a fixed pattern, not a star, unless the frames are aligned to about that.
 _FIXED_PATTERN_PX = 2.5
-#: Centroid weights stop growing with the flux beyond the flux of this many stars.
-_N_FULL_WEIGHT = 10
+#: Without S/N, centroid weights stop growing with the flux beyond the flux of this many
+#: of the reference's brightest stars.
+_N_FULL_WEIGHT = 3
+#: Centroid errors stop shrinking with the S/N at this S/N.
+_SNR_FLOOR = 30.0
+#: Outlier threshold (sigma) of the match-fit-clip iteration. Above refine_wcs' 3: with a
+#: dozen stars the median-based scatter is uncertain by a quarter, and the weights from
+#: the S/N only roughly right; a real star 3 sigma out is then no rarity.
+_CLIP_SIGMA = 4.0
 
 
 def _brightest(xy, flux, n):
@@ -211,25 +218,30 @@ def _drop_fixed_pattern(x, y, ref_x, ref_y, rot, shift):
     return x, ref_x
 
 
-def _centroid_weights(flux):
-    """Relative inverse variances of centroids from their stars' fluxes.
+def _centroid_variances(flux, snr, ref_flux, ref_snr):
+    """Relative variances of the reference's and the frame's centroids (or None).
 
-    Sky-limited, with one PSF, a centroid's error goes as 1 / flux. The brightest
-    stars' errors reach a floor (photon noise, saturation, the PSF's own changes), and
-    no one star should pull the fit alone: fluxes count up to that of the
-    ``_N_FULL_WEIGHT``-th brightest star (or the 90th percentile of a long list).
+    A centroid's error is about FWHM / (S/N) (sky-limited, optimal window), to a floor
+    of FWHM / ``_SNR_FLOOR`` (the PSF's own changes between frames). With both S/N the
+    two are summed; with fluxes only, the reference's centroid errors go as 1 / flux up
+    to its ``_N_FULL_WEIGHT``-th brightest star, and the frame's count alike.
     """
-    flux = np.where(np.isfinite(flux) & (flux > 0), flux, 0.0)
+    if snr is not None and ref_snr is not None:
+        def var(s):
+            s = np.where(np.isfinite(s), s, 0.0)
+            return 1.0 / np.maximum(s, 1.0) ** 2 + 1.0 / _SNR_FLOOR**2
+        return var(ref_snr), var(snr)
+    flux = np.where(np.isfinite(ref_flux) & (ref_flux > 0), ref_flux, 0.0)
     positive = np.sort(flux[flux > 0])[::-1]
     if positive.size == 0:
-        return np.ones(len(flux))
-    cap = float(positive[min(max(_N_FULL_WEIGHT, positive.size // 10), positive.size) - 1])
-    f = np.clip(flux, 1e-3 * cap, cap)
-    return (f / cap) ** 2
+        return None, None
+    cap = float(positive[min(_N_FULL_WEIGHT, positive.size) - 1])
+    return (cap / np.clip(flux, 1e-3 * cap, cap)) ** 2, None
 
 
 def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shape,
-                       min_matches: int = 6, sip: bool = True, max_rms_px: float = MAX_RMS_PX) -> Solution:
+                       min_matches: int = 6, sip: bool = True, max_rms_px: float = MAX_RMS_PX,
+                       snr=None, ref_snr=None) -> Solution:
     """Solve a frame by matching its stars to those of a solved frame of the same field.
 
     Parameters
@@ -248,13 +260,19 @@ def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shap
         Keep the reference's SIP distortion (when it is centred on a frame of this
         shape), else allow a new one when the matches are many and spread enough.
     max_rms_px : float, optional
-        Largest accepted rms of the matched stars' residuals, pixels.
+        Largest accepted rms of the matched stars' residuals, pixels (weighted by the
+        precision of their centroids).
+    snr, ref_snr : array_like, optional
+        S/N of the frame's and the reference's stars (``detect_stars``' ``snr``, the
+        measurements' ``snr``). Given both, they order the stars (a galaxy's knots
+        have much flux and little S/N) and weight each match by 1 / (1/snr^2 +
+        1/ref_snr^2); else the reference fluxes weight the matches.
 
     Returns
     -------
     Solution
         ``ref_index`` indexes the reference frame's stars. The rms includes the
-        centroid errors of both frames.
+        centroid errors of both frames, each match weighted by their precision.
 
     Raises
     ------
@@ -274,14 +292,22 @@ def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shap
     ny, nx = _check_shape(shape)
     x, y, flux = _as_arrays("x, y and flux", x, y, flux)
     ref_x, ref_y, ref_flux = _as_arrays("ref_x, ref_y and ref_flux", ref_x, ref_y, ref_flux)
+    with_snr = snr is not None and ref_snr is not None
+    if with_snr:
+        (snr,) = _as_arrays("x and snr", snr)
+        (ref_snr,) = _as_arrays("ref_x and ref_snr", ref_snr)
+        if len(snr) != len(x) or len(ref_snr) != len(ref_x):
+            raise ValueError(f"snr and ref_snr must have one value per star, got {len(snr)} for {len(x)} and "
+                             f"{len(ref_snr)} for {len(ref_x)}")
     ok = np.isfinite(x) & np.isfinite(y)
     ref_ok = np.isfinite(ref_x) & np.isfinite(ref_y)
     if ok.sum() < 3 or ref_ok.sum() < 3:
         raise AstrometryError(f"the frame has {ok.sum()} stars and the reference {ref_ok.sum()}: at least 3 "
                               "each are needed to align them; check the frame (clouds, focus) or pick "
                               "another reference")
-    src = _brightest(np.column_stack([x, y])[ok], flux[ok], _N_BRIGHT)
-    dst = _brightest(np.column_stack([ref_x, ref_y])[ref_ok], ref_flux[ref_ok], _N_BRIGHT)
+    rank, ref_rank = (snr, ref_snr) if with_snr else (flux, ref_flux)
+    src = _brightest(np.column_stack([x, y])[ok], rank[ok], _N_BRIGHT)
+    dst = _brightest(np.column_stack([ref_x, ref_y])[ref_ok], ref_rank[ref_ok], _N_BRIGHT)
 
     found = _similarity_by_votes(src, dst, 0.5 * math.hypot(nx, ny))
     how = "pairs"
@@ -315,7 +341,8 @@ def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shap
     ref_sky = np.full((len(ref_x), 2), np.nan)
     ref_sky[ref_ok] = ref_wcs.all_pix2world(np.column_stack([ref_x, ref_y])[ref_ok], 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ref_mag = -2.5 * np.log10(np.where(ref_flux > 0, ref_flux, np.nan))
+        ref_mag = -2.5 * np.log10(np.where(ref_rank > 0, ref_rank, np.nan))
+    ref_var, det_var = _centroid_variances(flux, snr if with_snr else None, ref_flux, ref_snr if with_snr else None)
     # The distortion belongs to the camera and telescope, not to the pointing: a
     # reference SIP centred like this frame holds in this frame's pixels too, and
     # keeping it leaves 6 parameters to fit instead of up to 20.
@@ -326,4 +353,5 @@ def align_to_reference(x, y, flux, ref_x, ref_y, ref_flux, ref_wcs: WCS, *, shap
     return _solve(x, y, flux, ref_sky[:, 0], ref_sky[:, 1], ref_mag, initial, shape=shape,
                   search_radius_px=_START_RADIUS_PX, max_rotation_deg=0.0, min_matches=int(min_matches),
                   sip=sip, coarse=False, label=f"align-{how}+", what="reference stars", distortion=distortion,
-                  max_rms_px=float(max_rms_px), ref_weight=_centroid_weights(ref_flux), similarity=True)
+                  max_rms_px=float(max_rms_px), ref_var=ref_var, det_var=det_var, similarity=True,
+                  clip=_CLIP_SIGMA)

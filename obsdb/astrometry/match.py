@@ -242,7 +242,7 @@ def _rayleigh_sigma(r):
     return math.sqrt(float(np.median(r**2)) / (2.0 * math.log(2.0))) if len(r) else math.inf
 
 
-def _clipped_fit(xi, eta, x, y, degree, w=None):
+def _clipped_fit(xi, eta, x, y, degree, w=None, clip=_CLIP_SIGMA):
     """Polynomial fit with iterative 3-sigma clipping; returns (coef, keep, sigma).
 
     With weights ``w`` (inverse variances, relative) the fit is weighted, the clipping
@@ -262,12 +262,14 @@ def _clipped_fit(xi, eta, x, y, degree, w=None):
         coef, h = fitted
         pred = _predict(coef, xi, eta, degree)
         r = np.hypot(pred[:, 0] - x, pred[:, 1] - y) * sw
-        # Leave-one-out residuals r / (1 - h): with few stars the fit bends towards a
-        # bad match and hides it; its deleted residual does not.
-        r_del = r.copy()
-        r_del[keep] = r[keep] / np.maximum(1.0 - h, 0.05)
-        sigma = _rayleigh_sigma(r_del[keep])
-        new = r_del <= _CLIP_SIGMA * max(sigma, 1e-3)
+        # Studentized residuals r / sqrt(1 - h): with few stars the fit bends towards a
+        # bad match and hides it; divided by the spread its residual has when it is fitted
+        # too, it stands out again. (The deleted residual r / (1 - h) would also throw out
+        # a good star that alone holds a corner of the frame.)
+        r_std = r.copy()
+        r_std[keep] = r[keep] / np.sqrt(np.maximum(1.0 - h, 0.05))
+        sigma = _rayleigh_sigma(r_std[keep])
+        new = r_std <= clip * max(sigma, 1e-3)
         # With a handful of stars the median-based sigma is itself noisy: never clip
         # below what the fit needs.
         if np.array_equal(new, keep) or new.sum() < n_min:
@@ -286,30 +288,35 @@ def _bic(xi, eta, x, y, degree, w=None) -> float:
     return n * math.log(max(rss, 1e-30) / n) + 2 * len(_powers(degree)) * math.log(n)
 
 
-def _iterate(xi, eta, pred, det_xy, det_tree, radius, degree, cat_weight=None):
+def _iterate(xi, eta, pred, det_xy, det_tree, radius, degree, variances=None, clip=_CLIP_SIGMA):
     """Match, fit, clip and shrink the radius until the matches stop changing.
 
     Returns ``(cat_rows, det_rows, coef, sigma, radius, predicted)`` of the last good
     round, or ``(cat_rows, det_rows, None, ...)`` of the first round when even that
-    could not be fitted (too few or degenerate matches). With ``cat_weight`` (relative
-    inverse variances of the catalog stars' positions) the fit is weighted and each
-    star's radius shrinks to five times its own expected error; ``radius`` is then the
-    largest of them.
+    could not be fitted (too few or degenerate matches). ``variances``: None, or
+    ``(cat_var, det_var)``, relative variances of the catalog stars' and detections'
+    positions (``det_var`` may be None); the fit then weights each match by the inverse
+    of their sum, and each catalog star's radius shrinks to five times its own expected
+    error; ``radius`` is then the largest of them.
     """
     state = None
     prev = None
     radii = np.full(len(xi), float(radius))
     for _ in range(_MAX_ITER):
         ci, dj = _match(pred, det_tree, radii)
-        w = None if cat_weight is None else cat_weight[ci]
-        coef, keep, sigma = _clipped_fit(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], degree, w)
+        w = None if variances is None else 1.0 / _pair_variance(variances, ci, dj)
+        coef, keep, sigma = _clipped_fit(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], degree, w, clip)
         if coef is None:
             return state if state is not None else (ci, dj, None, math.inf, radius, pred)
         pred = _predict(coef, xi, eta, degree)
         ci, dj = ci[keep], dj[keep]
         state = (ci, dj, coef, sigma, float(radii.max()), pred)
-        scale = 1.0 if cat_weight is None else 1.0 / np.sqrt(cat_weight)
-        new_radii = np.minimum(radii, np.maximum(MIN_RADIUS_PX, 5.0 * sigma * scale))
+        spread = 1.0
+        if variances is not None:
+            cat_var, det_var = variances
+            typical = 0.0 if det_var is None or len(dj) == 0 else float(np.median(det_var[dj]))
+            spread = np.sqrt(cat_var + typical)
+        new_radii = np.minimum(radii, np.maximum(MIN_RADIUS_PX, 5.0 * sigma * spread))
         key = (ci.tobytes(), dj.tobytes())
         if key == prev and np.array_equal(new_radii, radii):
             break
@@ -317,21 +324,27 @@ def _iterate(xi, eta, pred, det_xy, det_tree, radius, degree, cat_weight=None):
     return state
 
 
+def _pair_variance(variances, ci, dj):
+    cat_var, det_var = variances
+    return cat_var[ci] + (0.0 if det_var is None else det_var[dj])
+
+
 # -- the solver shared with align_to_reference -------------------------------------------------
 
 
 def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_radius_px,
            max_rotation_deg, min_matches, sip, coarse, label, what="catalog stars", distortion=None,
-           max_rms_px=MAX_RMS_PX, ref_weight=None, similarity=False):
+           max_rms_px=MAX_RMS_PX, ref_var=None, det_var=None, similarity=False, clip=_CLIP_SIGMA):
     """The solver of :func:`refine_wcs` and :func:`~obsdb.astrometry.align.align_to_reference`.
 
-    ``ref_weight``: relative inverse variances of the reference positions (None: all
-    equal). With it the fits are weighted, each star is matched within five times its
-    own expected error, and ``rms_px`` is the weighted rms. ``similarity``: the
+    ``ref_var``, ``det_var``: relative variances of the reference positions and of the
+    detections' (None: all equal; ``det_var`` needs ``ref_var``). With them the fits
+    weight each match by the inverse of the sum, each star is matched within five
+    times its own expected error, and ``rms_px`` is the weighted rms. ``similarity``: the
     matches are found with a similarity (4 parameters) from the initial WCS's pixels
     rather than a full linear fit (6): with a dozen stars, two more free parameters
     let the fit follow a bad match (a galaxy's knot) and hide it. The final WCS is
-    fitted in full all the same.
+    fitted in full all the same. ``clip``: outlier threshold, in sigma.
     """
     ny, nx = _check_shape(shape)
     x, y, flux = _as_arrays("x, y and flux", x, y, flux)
@@ -375,10 +388,10 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
     # Tangent-plane coordinates in (initial) pixels keep the polynomial well scaled.
     xi, eta = xi / scale0 / half_diag, eta / scale0 / half_diag
     cat_mag = np.where(np.isfinite(ref_mag[cat_ok]), ref_mag[cat_ok], np.inf)
-    cat_weight = None
-    if ref_weight is not None:
-        cat_weight = np.asarray(ref_weight, dtype=float).ravel()[cat_ok]
-        cat_weight = cat_weight / np.median(cat_weight)
+    variances = None
+    if ref_var is not None:
+        variances = (np.asarray(ref_var, dtype=float).ravel()[cat_ok],
+                     None if det_var is None else np.asarray(det_var, dtype=float).ravel()[det_ok])
 
     det_tree = cKDTree(det_xy)
     pred = px.copy()
@@ -413,9 +426,9 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
 
     if similarity:
         u, v = (px[:, 0] - centre[0]) / half_diag, (px[:, 1] - centre[1]) / half_diag
-        state = _iterate(u, v, pred, det_xy, det_tree, radius, 0, cat_weight)
+        state = _iterate(u, v, pred, det_xy, det_tree, radius, 0, variances, clip)
     else:
-        state = _iterate(xi, eta, pred, det_xy, det_tree, radius, 1, cat_weight)
+        state = _iterate(xi, eta, pred, det_xy, det_tree, radius, 1, variances, clip)
     n_in_frame = int(np.sum((pred[:, 0] > -0.5) & (pred[:, 0] < nx - 0.5)
                             & (pred[:, 1] > -0.5) & (pred[:, 1] < ny - 0.5)))
     if state[2] is None or len(state[0]) < min_matches:
@@ -429,11 +442,11 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
         ci, dj = state[0], state[1]
         candidates = [d for d in sorted(MIN_STARS_FOR_SIP) if sip_allowed(det_xy[dj, 0], det_xy[dj, 1], shape, d)]
         if candidates:
-            w = None if cat_weight is None else cat_weight[ci]
+            w = None if variances is None else 1.0 / _pair_variance(variances, ci, dj)
             bics = {d: _bic(xi[ci], eta[ci], det_xy[dj, 0], det_xy[dj, 1], d, w) for d in [1, *candidates]}
             degree = min(bics, key=bics.get)
         if degree > 1:
-            better = _iterate(xi, eta, state[5], det_xy, det_tree, state[4], degree, cat_weight)
+            better = _iterate(xi, eta, state[5], det_xy, det_tree, state[4], degree, variances, clip)
             if better[2] is not None and sip_allowed(det_xy[better[1], 0], det_xy[better[1], 1], shape, degree):
                 state = better
             else:
@@ -443,7 +456,7 @@ def _solve(x, y, flux, ref_ra, ref_dec, ref_mag, initial_wcs, *, shape, search_r
 
     ref_index = cat_ok[ci]
     det_index = det_ok[dj]
-    w = None if cat_weight is None else cat_weight[ci]
+    w = None if variances is None else 1.0 / _pair_variance(variances, ci, dj)
     wcs = fit_wcs(x[det_index], y[det_index], ref_ra[ref_index], ref_dec[ref_index], shape=shape,
                   sip_degree=degree if degree > 1 else None, distortion=distortion, weights=w)
     dx, dy = residuals(wcs, x[det_index], y[det_index], ref_ra[ref_index], ref_dec[ref_index])

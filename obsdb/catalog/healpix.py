@@ -1,27 +1,33 @@
 """HEALPix indexing of positions on the sky, shared by every table with a ``healpix`` column.
 
 Every such column holds the **nested** HEALPix index at order :data:`ORDER` (16: nside
-65536, 50 331 648 × 1024 ≈ 5.2e10 pixels of 3.2 arcsec, so a ``bigint``). A cone search
-is a handful of ``healpix BETWEEN lo AND hi`` index range scans followed by an exact
-angular-distance test:
+65536, 12 × 4**16 ≈ 5.2e10 pixels of 3.2 arcsec, so a ``bigint``), as astropy-healpix's
+``lonlat_to_healpix`` computes it (:func:`healpix_index`). A cone search is a handful of
+``healpix BETWEEN lo AND hi`` index range scans followed by an exact distance test:
 
-- :func:`cone_ranges` picks a coarse order from the radius (pixels about as large as the
-  radius, see :func:`coarse_order`), lists the coarse pixels that touch the cone with
-  astropy-healpix's ``cone_search_lonlat`` (which returns every pixel that overlaps the
-  cone, even partly), and turns each coarse pixel ``p`` into the fine-order range
-  ``[p << 2(ORDER-k), ((p + 1) << 2(ORDER-k)) - 1]``: in the nested scheme the
-  descendants of a pixel are one contiguous block of indices. Adjacent blocks are merged.
-- The SQL function ``obsdb_healpix_ranges(ra, dec, radius_deg)`` (migration 0003) gives
-  the same kind of ranges inside PostgreSQL, with HEALPix written in SQL (see
-  :data:`SQL_FUNCTIONS`).
+- :func:`cone_ranges` picks a coarse order from the radius (:func:`coarse_order`: pixels
+  a quarter to half the radius across), takes every coarse pixel whose centre lies within
+  ``radius + max_pixrad`` of the cone's centre (:func:`coarse_pixels`; a pixel touching
+  the cone has its centre that close, see :func:`max_pixrad`) and turns each coarse
+  pixel ``p`` of order ``k`` into the fine-order range ``p << 2(ORDER-k)`` …
+  ``((p + 1) << 2(ORDER-k)) - 1``: in the nested scheme the descendants of a pixel are one
+  contiguous block of indices. Adjacent blocks are merged.
+- The SQL function ``obsdb_healpix_ranges(ra, dec, radius_deg)`` (migration 0003) returns
+  the same ranges (same steps, same floating-point operations; tested on thousands of
+  cones), and ``obsdb_healpix_ang2pix(ra, dec)`` the same index as :func:`healpix_index`.
+  Another table with a ``healpix`` column of this order joins on them the same way.
+
+The coarse pixels are not astropy-healpix's ``cone_search_lonlat``: it misses pixels
+that overlap the cone when the radius is under about half a pixel
+(astropy/astropy-healpix#287; in our tests a few cones in a thousand lost a pixel, some
+holding points at 1 % of the radius from the centre).
 
 Why order 16: the fine order only matters for cones smaller than a fine pixel, i.e.
-cross-matching radii of an arcsecond or two; at 3.2 arcsec such a cone touches at most a
-few fine pixels, so a finer order would add ranges (index descents) without reading
-fewer rows, while a coarser one (order 14, 13 arcsec) would read ~16 times the area of a
-1 arcsec cone. Order 16 also keeps ``ix``/``iy`` within 16 bits and the index within
-36 bits of a ``bigint``, well away from any precision limit of the ``double`` maths in
-``ang2pix`` (the index is exact up to order 29).
+cross-matching radii of an arcsecond or two; at 3.2 arcsec such a cone touches a few
+fine pixels, so a finer order would add ranges (index descents) without reading fewer
+rows, while a coarser one (order 14, 13 arcsec) would read ~16 times the area of a
+1 arcsec cone. Indices stay within 36 bits, far from any precision limit of the
+``double`` arithmetic in ``ang2pix`` (exact up to order 29).
 
 All ranges are **inclusive** at both ends, as ``BETWEEN`` is.
 """
@@ -29,6 +35,7 @@ All ranges are **inclusive** at both ends, as ``BETWEEN`` is.
 from __future__ import annotations
 
 import math
+
 import astropy.units as u
 import numpy as np
 from astropy_healpix import HEALPix
@@ -42,9 +49,12 @@ NPIX = 12 * NSIDE * NSIDE
 # Pixel side at order 0, sqrt(4π / 12) radians (58.6°); order k: this / 2**k.
 _PIXSIZE_0 = math.sqrt(math.pi / 3.0)
 
-# The coarse order is the finest whose pixels are at least COARSE_FACTOR times the radius:
-# about 10-20 coarse pixels per cone (few ranges to descend) for about 3-6 times the
-# cone's area read. Measured in benchmarks/bench_refcat.py (see the module docstring).
+# The coarse order is the finest whose pixel side is at least radius / COARSE_FACTOR.
+# Over random cones of 1" to 2° (measured with coarse_pixels): factor 1 reads a median
+# 6.4 times the cone's area through 5 ranges (9 coarse pixels); factor 2, 3.3 times
+# through 7 ranges (17 pixels); factor 4, 2.0 times through 10 ranges (40 pixels).
+# Rows read cost more than ranges on a dense catalog, so 4; the SQL side enumerates the
+# pixels at about 4 µs each.
 COARSE_FACTOR = 4.0
 
 _hp_cache: dict[tuple[int, str], HEALPix] = {}

@@ -15,8 +15,11 @@ for the layout and units). The load is streamed:
   ``Copy.write_row`` (which builds a tuple and converts each value in Python; see
   ``benchmarks/bench_refcat.py``).
 - The slices are copied into a temporary table, then moved into ``refcat_stars`` in one
-  ``INSERT ... SELECT ... ORDER BY healpix``, so each catalog's rows lie in HEALPix order
-  on disk and a cone search reads a few neighbouring pages.
+  ``INSERT ... SELECT`` numbering the stars in HEALPix order, so each catalog's rows lie
+  in HEALPix order on disk (a cone search reads a few neighbouring pages) and the heap
+  and both indexes are written front to back. For 10 million stars this costs about the
+  same as copying straight into ``refcat_stars`` slice by slice (measured: 101 s against
+  96 s), and halves the time of a 10' cone.
 
 Storage functions take a session and never commit: the caller owns the transaction, so
 a failed load leaves nothing behind and a replacement is atomic (readers see the old
@@ -312,15 +315,17 @@ class Problems:
     def __bool__(self) -> bool:
         return bool(self._by_kind)
 
+    @property
+    def count(self) -> int:
+        """Bad values found so far, all kinds together."""
+        return sum(p.count for p in self._by_kind.values())
+
     def message(self, path: Path) -> str:
         lines = [f"{path.name}: cannot load, bad values (row numbers count data rows from 1):"]
         for kind, p in self._by_kind.items():
-            rows = ", ".join(
-                f"row {r}" + (f" ({v})" if i < len(p.values) else "")
-                for i, (r, v) in enumerate(zip(p.rows, p.values + [""] * len(p.rows), strict=False))
-            )
+            shown = [f"row {r}" + (f" ({p.values[i]})" if i < len(p.values) else "") for i, r in enumerate(p.rows)]
             more = ", …" if p.count > len(p.rows) else ""
-            lines.append(f"  {kind}: {p.count} row{'s' if p.count != 1 else ''}: {rows}{more}")
+            lines.append(f"  {kind}: {p.count} row{'s' if p.count != 1 else ''}: {', '.join(shown)}{more}")
         return "\n".join(lines)
 
 
@@ -651,7 +656,7 @@ STAGE_COLUMNS = ("star_id", "healpix", "ra", "dec", "refcat_id", "pm_ra", "pm_de
 def prepare_chunk(table: Table, columns: ColumnMap, first_row: int, problems: Problems) -> StarChunk | None:
     """Validate and convert one slice of the file; None when it has problems (recorded)."""
     n = len(table)
-    before = _count(problems)
+    before = problems.count
     ra, ra_reported = _angle_column(table[columns.ra], columns.ra, "RA", problems, first_row)
     dec, dec_reported = _angle_column(table[columns.dec], columns.dec, "Dec", problems, first_row)
     problems.add(f"RA column {columns.ra!r} empty or NaN", np.isnan(ra) & ~ra_reported, first_row)
@@ -684,7 +689,7 @@ def prepare_chunk(table: Table, columns: ColumnMap, first_row: int, problems: Pr
         ids, ids_null = _id_column(table[columns.id])
     else:  # without an id column, the row number in the file identifies the star
         ids, ids_null = file_row.astype("S20"), None
-    if _count(problems) > before:
+    if problems.count > before:
         return None
     ra = np.mod(ra, 360.0)  # 360 → 0 (validated above); -0.0 → 0.0
     ra[ra >= 360.0] = 0.0
@@ -699,10 +704,6 @@ def prepare_chunk(table: Table, columns: ColumnMap, first_row: int, problems: Pr
         pm_ra=take(pm_ra), pm_dec=take(pm_dec), catalog_id=take(ids), catalog_id_null=take(ids_null),
         mag=mags[order], mag_err=errs[order] if any_err else None,
     )
-
-
-def _count(problems: Problems) -> int:
-    return sum(p.count for p in problems._by_kind.values())
 
 
 # -- the load ---------------------------------------------------------------------------

@@ -141,6 +141,23 @@ class SourceMatch:
                 f"(use --source-id to pick one)")
 
 
+def checked_text(value, what: str, max_length: int = 200) -> str:
+    """A user-typed name (filter, target) as a string PostgreSQL can hold: no NUL
+    character, not absurdly long. It still only ever reaches SQL as a bound parameter.
+
+    Raises
+    ------
+    ValueError
+        If it contains a NUL character or is longer than ``max_length``.
+    """
+    text_value = str(value)
+    if "\x00" in text_value:
+        raise ValueError(f"{what} {text_value!r} contains a NUL character")
+    if len(text_value) > max_length:
+        raise ValueError(f"{what} is longer than {max_length} characters")
+    return text_value
+
+
 @contextmanager
 def _session(sessions_or_session) -> Iterator[Session]:
     if isinstance(sessions_or_session, Session):
@@ -256,7 +273,7 @@ def resolve_source(session: Session, *, ra: float | None = None, dec: float | No
             raise NoSourceFound(f"no source with id {sid}")
         return SourceMatch(int(row.id), float(row.ra), float(row.dec))
     if target is not None:
-        name = str(target).strip()
+        name = checked_text(target, "target name").strip()
         rows = session.execute(
             text("SELECT t.name, s.id, s.ra, s.dec FROM targets AS t JOIN sources AS s ON s.id = t.source_id "
                  "WHERE t.name = :name OR lower(t.name) = lower(:name) ORDER BY (t.name = :name) DESC, t.name"),
@@ -294,9 +311,9 @@ def cone(session: Session, ra: float, dec: float, radius_arcsec: float, *,
          with_counts: bool = False) -> list[dict[str, Any]]:
     """Sources within ``radius_arcsec`` of (ra, dec), nearest first.
 
-    One call of the SQL function ``obsdb_source_cone`` (HEALPix range scans, exact
-    distance); ``with_counts`` adds each source's number of measurements and its target
-    names.
+    What the SQL function ``obsdb_source_cone`` returns (HEALPix range scans, exact
+    distance; see :func:`cone_query`); ``with_counts`` adds each source's number of
+    measurements and its target names.
 
     Raises
     ------
@@ -321,15 +338,36 @@ def cone(session: Session, ra: float, dec: float, radius_arcsec: float, *,
 
 
 def cone_query(ra: float, dec: float, radius_arcsec: float, *, with_counts: bool = False) -> tuple[str, dict]:
-    """The SQL :func:`cone` runs (the function ``obsdb_source_cone``) and its parameters."""
+    """The SQL :func:`cone` runs, and its parameters.
+
+    The same search as the SQL function ``obsdb_source_cone`` (migration 0005): one
+    fenced range scan of ``ix_sources_healpix`` per HEALPix range, then the exact
+    distance (``obsdb_ang_sep_deg``) -- but with the ranges computed here, by
+    :func:`obsdb.catalog.healpix.cone_ranges`, which gives the same ranges as
+    ``obsdb_healpix_ranges``. Each ``obsdb`` command opens a new connection, and the first
+    call of the PL/pgSQL HEALPix functions in a connection compiles them (7-12 ms, more
+    than the whole light curve); ``obsdb_ang_sep_deg`` is plain SQL and is inlined.
+    ``tests/test_lightcurves.py`` checks that both searches return the same sources.
+    """
+    from obsdb.catalog.healpix import cone_ranges
+
+    ra = float(ra) % 360.0
+    radius_deg = float(radius_arcsec) / 3600.0
+    ranges = cone_ranges(ra, float(dec), radius_deg)
     extra = ""
     if with_counts:
-        extra = (", (SELECT count(*) FROM measurements AS m WHERE m.source_id = c.source_id) AS n_measurements, "
+        extra = (", (SELECT count(*) FROM measurements AS m WHERE m.source_id = s.id) AS n_measurements, "
                  "(SELECT string_agg(t.name, ',' ORDER BY t.name) FROM targets AS t "
-                 "WHERE t.source_id = c.source_id) AS targets")
-    sql = (f"SELECT c.source_id, c.ra, c.dec, c.distance_arcsec{extra} "
-           "FROM obsdb_source_cone(:ra, :dec, :radius) AS c ORDER BY c.distance_arcsec, c.source_id")
-    return sql, {"ra": float(ra) % 360.0, "dec": float(dec), "radius": float(radius_arcsec) / 3600.0}
+                 "WHERE t.source_id = s.id) AS targets")
+    sql = ("SELECT s.id AS source_id, s.ra, s.dec, 3600.0 * obsdb_ang_sep_deg(:ra, :dec, s.ra, s.dec) "
+           f"AS distance_arcsec{extra} "
+           "FROM unnest(CAST(:lo AS bigint[]), CAST(:hi AS bigint[])) AS r(lo, hi) "
+           "CROSS JOIN LATERAL (SELECT c.id, c.ra, c.dec FROM sources AS c "
+           "                    WHERE c.healpix BETWEEN r.lo AND r.hi OFFSET 0) AS s "
+           "WHERE obsdb_ang_sep_deg(:ra, :dec, s.ra, s.dec) <= :radius "
+           "ORDER BY 4, 1")
+    return sql, {"ra": ra, "dec": float(dec), "radius": radius_deg,
+                 "lo": [int(lo) for lo, _ in ranges], "hi": [int(hi) for _, hi in ranges]}
 
 
 def get(sessions_or_session, *, ra: float | None = None, dec: float | None = None, radius_arcsec: float = 2.0,
@@ -377,7 +415,7 @@ def get(sessions_or_session, *, ra: float | None = None, dec: float | None = Non
     """
     if isinstance(filters, str):
         filters = [filters]
-    filter_list = None if filters is None else [str(f) for f in filters]
+    filter_list = None if filters is None else [checked_text(f, "filter name") for f in filters]
     if filter_list is not None and not filter_list:
         filter_list = None
     since_mjd, until_mjd = parse_time(since), parse_time(until)

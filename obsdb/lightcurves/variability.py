@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from obsdb.lightcurves.core import QUALITY_FLAGS
+from obsdb.lightcurves.core import QUALITY_FLAGS, checked_text
 
 __all__ = ["SORT_KEYS", "VARIABILITY_COLUMNS", "variability"]
 
@@ -114,7 +114,8 @@ def variability(session: Session, *, filters: Sequence[str] | str | None = None,
     Raises
     ------
     ValueError
-        For an unknown sort key, ``min_points < 3`` or ``top < 1``.
+        For an unknown sort key, ``min_points < 3``, ``top < 1`` or a filter name with a
+        NUL character.
     """
     if sort not in SORT_KEYS:
         raise ValueError(f"unknown sort key {sort!r}: choose one of {', '.join(SORT_KEYS)}")
@@ -127,7 +128,7 @@ def variability(session: Session, *, filters: Sequence[str] | str | None = None,
     filter_clause = ""
     if filters:
         filter_clause = "AND l.filter = ANY(CAST(:filters AS text[]))"
-        params["filters"] = [str(f) for f in filters]
+        params["filters"] = [checked_text(f, "filter name") for f in filters]
     limit_clause = ""
     if top is not None:
         top = int(top)

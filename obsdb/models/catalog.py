@@ -5,7 +5,7 @@
 - ``healpix`` is the nested HEALPix index at order 16 (:mod:`obsdb.catalog.healpix`);
   the index on ``(refcat_id, healpix)`` makes a cone search a few index range scans, and
   the loader writes each catalog's rows in HEALPix order so a cone reads neighbouring
-  heap pages.
+  heap pages (``CLUSTER`` without its exclusive lock on the whole table).
 - ``mag`` and ``mag_err`` are ``real[]`` arrays ordered as ``refcats.bands``: one band is
   ``mag[array_position(bands, 'g')]`` in SQL (arrays are 1-based), ``mag[:, i]`` in
   Python. A NULL element is "no measurement" in that band; ``mag_err`` is NULL when the
@@ -14,8 +14,10 @@
 - ``pm_ra`` and ``pm_dec`` are proper motions in mas/yr; ``pm_ra`` **includes** the
   cos(dec) factor (``pmra = dRA/dt · cos dec``, as Gaia gives it). Positions are at
   ``refcats.epoch`` (Julian year) when the catalog has proper motions.
-- ``star_id`` is the star's 1-based row number in the source file; ``catalog_id`` is the
-  catalog's own identifier as text (NULL when no id column was given).
+- ``star_id`` numbers a catalog's stars 1, 2, … in HEALPix order (so the primary key,
+  like the healpix index, is written front to back during a load); ``catalog_id`` is the
+  catalog's own identifier as text, or the star's 1-based row number in the source file
+  when the load named no id column.
 """
 
 from __future__ import annotations
