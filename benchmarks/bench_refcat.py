@@ -11,7 +11,7 @@
 3. Times the COPY encoding on its own: numpy-built binary COPY rows (obsdb) against
    psycopg's ``Copy.write_row`` with binary types (one Python tuple per row).
 4. Times cone searches of 1', 10' and 1° at ``--cones`` random centres, in the database
-   (EXPLAIN ANALYZE execution + planning time) and end to end (query + fetch from
+   (EXPLAIN ANALYZE, TIMING OFF: execution + planning time) and end to end (query + fetch from
    Python), with ``obsdb_refcat_cone`` (HEALPix ranges) against the same cone done as a
    RA/Dec box on a btree index over (refcat_id, dec) plus the exact distance. Both must
    return the same stars. JIT is off for both (obsdb's function turns it off itself).
@@ -180,7 +180,7 @@ def box_query(refcat_id: int, ra: float, dec: float, r: float) -> tuple[str, tup
 
 
 def explain_ms(conn: psycopg.Connection, sql: str, params) -> float:
-    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0][0]
+    plan = conn.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params).fetchone()[0][0]
     return plan["Execution Time"] + plan.get("Planning Time", 0.0)
 
 

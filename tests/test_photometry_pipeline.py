@@ -162,3 +162,51 @@ def test_simulated_night_is_measured_to_the_noise_limit(night, processed):
         # are overestimated by about 20 %, and blends with fainter neighbours leave more
         # than 1 % of 5-sigma outliers in some bins; everything above has passed by now.
         pytest.xfail("scatter/error outside 0.9-1.15 in " + "; ".join(off_bins))
+
+
+def test_real_night_waits_for_a_wcs_then_aligns_to_an_attached_one(ngc520_copy, cli_env, sessions, tmp_path):
+    """The NGC 520 lights carry no WCS and no pixel scale: they wait in needs_wcs, saying
+    what to do; once one frame has a plate solution, the other six are solved by matching
+    their stars to it, and all seven are measured (relative photometry: no catalog)."""
+    from astropy.io import fits
+
+    from obsdb.astrometry.initial import wcs_from_pointing
+    from obsdb.catalog.positions import parse_position
+
+    run_obsdb("ingest", ngc520_copy, env=cli_env, check=True)
+    run_obsdb("process", "--no-progress", env=cli_env, check=True)
+    with sessions() as session:
+        lights = session.execute(text("SELECT id, path, state, state_reason FROM frames "
+                                      "WHERE imagetyp = 'light' ORDER BY path")).all()
+    assert len(lights) == 7 and {f.state for f in lights} == {"needs_wcs"}
+    assert all("no WCS in the header" in f.state_reason and "obsdb wcs attach" in f.state_reason for f in lights)
+
+    # A plausible TAN solution for the first light: its pointing, a guessed scale, no
+    # rotation. Alignment needs only the star pattern, not an exact solution.
+    first = lights[0]
+    header = fits.getheader(first.path)
+    ra, dec = parse_position(header["OBJCTRA"], header["OBJCTDEC"])
+    wcs = wcs_from_pointing(ra, dec, 0.6, (header["NAXIS2"], header["NAXIS1"]))
+    wcs_file = tmp_path / "wcs.fits"
+    fits.PrimaryHDU(header=wcs.to_header()).writeto(wcs_file)
+    out = run_obsdb("wcs", "attach", first.path, wcs_file, env=cli_env, check=True).stdout
+    assert f"WCS attached to frame {first.id}" in out
+    run_obsdb("process", "--no-progress", env=cli_env, check=True)
+
+    with sessions() as session:
+        solved = session.execute(text(
+            "SELECT f.id, f.state, s.method, s.reference_frame_id, s.wcs_rms_px, s.n_astrometric_matches, "
+            "s.fwhm, (SELECT count(*) FROM measurements m WHERE m.frame_id = f.id) AS n "
+            "FROM frames f JOIN frame_solutions s ON s.frame_id = f.id WHERE f.imagetyp = 'light' ORDER BY f.id")).all()
+        flags = session.scalar(text("SELECT bool_and(flags & 512 = 512) FROM measurements"))
+        ensemble = session.execute(text("SELECT tied_to_catalog, n_frames FROM ensembles")).all()
+    by_id = {s.id: s for s in solved}
+    print([(s.id, s.method, s.n_astrometric_matches, s.wcs_rms_px, s.fwhm, s.n) for s in solved])
+    assert len(solved) == 7 and {s.state for s in solved} == {"measured"}
+    assert by_id[first.id].method == "attached"
+    others = [s for s in solved if s.id != first.id]
+    assert all(s.method == "aligned" and s.reference_frame_id == first.id for s in others)
+    assert all(s.n_astrometric_matches >= 6 and s.wcs_rms_px < 1.0 for s in others)
+    assert all(s.n > 0 for s in solved) and all(5.0 < s.fwhm < 20.0 for s in solved)
+    assert flags  # no catalog band: magnitudes relative to the ensemble (flag 512)
+    assert ensemble == [(False, 7)]

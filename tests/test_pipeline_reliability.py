@@ -631,6 +631,7 @@ def test_sigterm_finishes_the_running_job_and_exits_cleanly(night, env, procs, s
     with sessions() as session:
         finished = _job(session, job.id)
     assert (finished.status, finished.attempts) == ("succeeded", 1), finished  # finished by A, once
+    a.killed_at = datetime.now()  # A stopped as asked: no longer expected alive
 
     wait_until(lambda: _pipeline_done(sessions, night.n_lights, night.n_calibrations),
                "the other worker to finish the night", procs=procs, sessions=sessions, timeout=DONE_DEADLINE)

@@ -13,15 +13,28 @@ How :func:`align_to_reference` works
    star for the shift between them. The angle and shift with most votes win, if they
    stand far above chance; otherwise ``astroalign.find_transform`` (triangle
    invariants) is tried on the same stars before giving up.
-3. **Fit.** The similarity transform and the reference WCS give a first TAN WCS of the
+3. **Refinement.** The vote is good to a shift bin at the frame's corners: a
+   least-squares similarity through the stars it pairs pins it down (kept only when
+   it pairs as many stars). Then **fixed patterns** go: a detection of the frame that
+   sits on a detection of the reference at the same pixel, where the transform moves
+   that pixel by more than twice the tolerance, is a hot pixel, a defect or an edge
+   effect the calibration left in both, not a star.
+4. **Fit.** The similarity transform and the reference WCS give a first TAN WCS of the
    frame; the reference stars, put on the sky by the reference WCS, then serve as the
    catalog of the same match-fit-clip iteration as
-   :func:`obsdb.astrometry.match.refine_wcs`. A SIP distortion of the reference is
-   kept as it is (it belongs to the optics and the detector, so it holds in the
-   frame's pixels too) and only the linear part is fitted.
+   :func:`obsdb.astrometry.match.refine_wcs`, with three differences. The matches are
+   found with a similarity (4 parameters) rather than a full linear map (6): with a
+   dozen stars the two spare parameters let a bad match (a galaxy's knot) pull the fit
+   and hide. Each match is weighted by the precision of its two centroids, from the
+   S/N when given (else the reference's fluxes), and matched within five times its own
+   expected error. And the clipping is looser (4 sigma), as the scatter of a dozen
+   matches is itself uncertain. The final WCS is a full TAN fit, weighted, and its rms
+   the weighted one. A SIP distortion of the reference is kept as it is (it belongs to
+   the optics and the detector, so it holds in the frame's pixels too) and only the
+   linear part is fitted.
 
-Hot pixels and other fixed-pattern detections sit at the same pixels in both frames
-and vote for "no shift": detections should come from calibrated frames (or be cleaned).
+Detections should be stars: pass the reference's point sources (``detect_stars``'
+``point``), not a galaxy's knots, which move between frames as the deblending does.
 """
 
 from __future__ import annotations
@@ -177,28 +190,49 @@ def _similarity_by_astroalign(src, dst):
 
 
 def _refine_similarity(src, dst, rot, shift):
-    """The vote's rotation and shift (good to a bin at the frame's corners) refined by
-    a least-squares similarity fit to the stars they pair, within two bins, then one.
+    """The vote's rotation and shift (good to a bin at the frame's corners) refined by a
+    least-squares similarity fit to the stars they pair.
 
     With a dozen stars the vote's peak spans a few angle steps; the fit pins it down
-    before fixed patterns are told from stars.
+    before fixed patterns are told from stars. Pairs are mutual nearest neighbours within
+    two bins, clipped at three times their median residual; the refinement is kept only
+    when it pairs at least as many stars within one bin as the vote did.
     """
-    tree = cKDTree(dst)
-    for radius in (2.0 * _SHIFT_BIN_PX, 2.0 * _SHIFT_BIN_PX, _SHIFT_BIN_PX):
-        dist, j = tree.query(src @ rot.T + shift, distance_upper_bound=radius)
+    tree, back = cKDTree(dst), cKDTree(src)
+
+    def pairs(r, t, radius):
+        moved = src @ r.T + t
+        dist, j = tree.query(moved, distance_upper_bound=radius)
         hit = np.flatnonzero(np.isfinite(dist))
-        if hit.size < 3:
+        # Mutual: the reference star's nearest moved star is this one.
+        _, i_back = back.query((dst[j[hit]] - t) @ r)
+        keep = i_back == hit
+        return hit[keep], j[hit[keep]], dist[hit[keep]]
+
+    def tight(r, t):
+        return len(pairs(r, t, _SHIFT_BIN_PX)[0])
+
+    best = (rot, shift)
+    i, j, _ = pairs(rot, shift, 2.0 * _SHIFT_BIN_PX)
+    for _ in range(3):
+        if i.size < 3:
             break
-        # dst = s R src + t as complex numbers: z_d = c0 z_s + c1; the scale is kept at 1.
-        zs = src[hit, 0] + 1j * src[hit, 1]
-        zd = dst[j[hit], 0] + 1j * dst[j[hit], 1]
+        zs = src[i, 0] + 1j * src[i, 1]
+        zd = dst[j, 0] + 1j * dst[j, 1]
         c0, c1 = np.linalg.lstsq(np.column_stack([zs, np.ones_like(zs)]), zd, rcond=None)[0]
+        res = np.abs(c0 * zs + c1 - zd)
+        keep = res <= max(3.0 * float(np.median(res)), 0.5)
+        if keep.all():
+            break
+        i, j = i[keep], j[keep]
+    if i.size >= 3:
         t = float(np.angle(c0))
-        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-        zt = (src[hit] @ rot.T) @ np.array([1.0, 1j])
-        d = np.median(zd - zt)
-        shift = np.array([d.real, d.imag])
-    return rot, shift
+        r = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+        d = np.median(zd[keep] - (src[i] @ r.T) @ np.array([1.0, 1j]))
+        candidate = (r, np.array([d.real, d.imag]))
+        if tight(*candidate) >= tight(rot, shift):
+            best = candidate
+    return best
 
 
 def _drop_fixed_pattern(x, y, ref_x, ref_y, rot, shift):
@@ -224,7 +258,8 @@ def _centroid_variances(flux, snr, ref_flux, ref_snr):
     A centroid's error is about FWHM / (S/N) (sky-limited, optimal window), to a floor
     of FWHM / ``_SNR_FLOOR`` (the PSF's own changes between frames). With both S/N the
     two are summed; with fluxes only, the reference's centroid errors go as 1 / flux up
-    to its ``_N_FULL_WEIGHT``-th brightest star, and the frame's count alike.
+    to its ``_N_FULL_WEIGHT``-th brightest star (its fluxes and the frame's may be on
+    different scales: isophotal, aperture), and the frame's are left out.
     """
     if snr is not None and ref_snr is not None:
         def var(s):

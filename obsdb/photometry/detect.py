@@ -14,7 +14,9 @@ moments and the frame's PSF size taken from them (:func:`frame_fwhm`); when it e
 ``BROAD_FWHM`` the frame is searched again through a Gaussian of that FWHM, the
 matched filter, with the threshold on the filtered image's measured noise. Detections
 much sharper than the PSF (hot pixels, cosmic-ray remnants the mask missed) are then
-dropped, on every frame.
+dropped, on every frame, and each detection gets its adaptive FWHM and a ``point``
+flag (the PSF's size and shape: a star, not a galaxy's knot or a defect), which is
+what astrometry should match.
 
 The PSF is measured by fitting an elliptical Moffat profile (free beta) to isolated,
 unsaturated, unmasked, moderately bright stars, all of them at once by a vectorised
@@ -45,19 +47,39 @@ _KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
 #: Noise of the kernel-filtered image relative to the pixel noise: sqrt(sum k^2) / sum k.
 _KERNEL_NOISE = float(np.sqrt(np.sum(_KERNEL**2)))
 
-#: PSFs broader than this FWHM (px) are searched through a Gaussian matched filter: the
-#: 3x3 kernel keeps 80 % of the matched-filter S/N of a 4 px star, 55 % at 6 px.
-BROAD_FWHM = 4.0
-#: The matched filter's FWHM is capped here (px); broader stars lose little S/N to it.
+#: PSFs broader than this FWHM (px, adaptive moments: ~1.1 x the Moffat FWHM) are
+#: searched through a Gaussian filter of their FWHM (the matched filter): the 3x3
+#: kernel keeps 60 % of its S/N on a 6 px star, 40 % at 10 px. Below it the 3x3 kernel
+#: stays: on a 4-5 px PSF the matched filter gains little, merges pairs 1.3-1.5 FWHM
+#: apart that the 3x3 kernel splits, and adds faint detections, each of which flags
+#: its bright neighbours as blended (the simulated night's zero points lost a third
+#: of their calibrators on such frames).
+BROAD_FWHM = 6.0
+#: The matched filter's FWHM is capped here (px).
 _MAX_KERNEL_FWHM = 16.0
 #: Brightest detections whose sizes fix the frame's PSF.
 _N_SIZE_STARS = 150
+#: A peak whose 4 neighbours average less than this fraction of it (at S/N >= 10) is
+#: sharper than any PSF of 2.5 px FWHM or more (0.64 at the pixel centre, noise aside).
+_PIXEL_SHARP_CONTRAST = 0.35
+#: Below this PSF FWHM (px, adaptive) a star's moments depend on where it sits on the
+#: pixel grid (1.3 px stars come out 0.5 to 1.8 px) and its peak is as sharp as a hot
+#: pixel's: no detection is then dropped as sharp, and all are ``point``.
+_MIN_RESOLVED_FWHM = 2.5
+#: On a broad PSF, a pixel above this many times the PSF-filtered image (and 5 sigma)
+#: is sharper than any star's (at most ~2-2.5 times, at the peak).
+_SHARP_PIXEL_RATIO = 5.0
 #: Sizes at or below this FWHM (px) are single pixels: never the PSF.
 _MIN_STAR_FWHM = 0.9
 #: measure_psf lowers its S/N cut through these levels while fewer than _MIN_PSF_STARS
 #: stars pass it; with fewer fits than that it fits one profile to all the stars at once.
 _MIN_PSF_STARS = 8
 _PSF_SNR_LEVELS = (20.0, 10.0, 5.0)
+#: The joint fit fixes beta at _BETA_FIXED (typical of seeing-limited stars) when the
+#: stars constrain it worse than this relative error, or put it outside _BETA_RANGE.
+_BETA_REL_ERR = 0.2
+_BETA_RANGE = (1.5, 6.0)
+_BETA_FIXED = 3.0
 #: Half-sizes (px) of the adaptive-moment stamps: most stars, then the broad ones.
 _SMALL_HALF = 8
 _LARGE_HALF = 32
@@ -87,7 +109,8 @@ STAR_DTYPE = np.dtype([
     ("fwhm", "f4"),                      # FWHM of the Gaussian matching the detection (adaptive
                                          # moments, px); NaN where not measured
     ("point", "?"),                      # size and shape of the frame's PSF: a star, not a galaxy,
-                                         # a knot or a defect (True when the PSF is unknown)
+                                         # a knot or a defect (True when the PSF is unknown or
+                                         # too sharp for moments, under 2.5 px)
 ])
 
 
@@ -150,16 +173,38 @@ def _gaussian_kernel(fwhm: float) -> np.ndarray:
 
 def _matched_filter_pass(data: np.ndarray, rms: np.ndarray, hide: np.ndarray | None, fwhm: float, threshold: float,
                          kwargs: dict):
-    """Detections on the image filtered by a Gaussian of the PSF's ``fwhm``.
+    """Detections on the image filtered by a Gaussian of the PSF's ``fwhm``; returns
+    them and the hidden pixels (``hide`` and the sharp pixels found here).
 
     The image is filtered here (separable: 0.02 s a megapixel, where sep's own 2-D
     convolution with a 19 x 19 kernel takes 0.1 s) and sep thresholds the filtered
     image at ``threshold`` times its measured noise; the isophotal flux and peak are
     then summed from the unfiltered image over each object's pixels.
+
+    Pixels far sharper than the PSF allows (cosmic rays and hot pixels the mask missed)
+    are hidden first: through a filter this broad a ray on a star's wing would merge
+    with the star into one detection, whose centre it would then pull to itself.
     """
     s = fwhm / _FWHM_PER_SIGMA
+
+    def smooth(work):
+        return np.ascontiguousarray(ndimage.gaussian_filter(work, s, truncate=3.0), dtype=np.float32)
+
     work = data if hide is None else np.where(hide, np.float32(0.0), data)
-    filtered = np.ascontiguousarray(ndimage.gaussian_filter(work, s, truncate=3.0), dtype=np.float32)
+    filtered = smooth(work)
+    # A star's pixel is at most about twice the PSF-filtered image there (at the peak,
+    # for a filter matched to it); a hot pixel is 2 pi sigma^2 times it (100 at 10 px
+    # FWHM), a short cosmic-ray track ten times or more.
+    sharp = (data > 5.0 * rms) & (data > _SHARP_PIXEL_RATIO * np.maximum(filtered, 0.0))
+    if hide is not None:
+        sharp &= ~hide
+    if sharp.any():
+        # With their 8 neighbours: the fainter edge of a ray.
+        sharp = ndimage.binary_dilation(sharp, structure=np.ones((3, 3), dtype=bool))
+        hide = sharp if hide is None else hide | sharp
+        work = np.where(hide, np.float32(0.0), data)
+        filtered = smooth(work)
+        kwargs = {**kwargs, "mask": hide}
     # The filtered noise from the pixel noise assumes it uncorrelated; flat-field residuals,
     # faint galaxies and interpolation correlate it. Measure it instead (robustly, on a
     # sparse grid), never below the white-noise figure.
@@ -184,7 +229,7 @@ def _matched_filter_pass(data: np.ndarray, rms: np.ndarray, hide: np.ndarray | N
         objects = objects.copy()
         objects["flux"] = np.bincount(labels - 1, weights=values, minlength=len(objects))
         objects["peak"] = np.maximum.reduceat(values, np.minimum(first, len(values) - 1))
-    return objects
+    return objects, hide
 
 
 def detect_stars(sci: np.ndarray, sky: SkyModel, mask: np.ndarray | None = None, *, threshold: float = 3.0,
@@ -258,15 +303,21 @@ def detect_stars(sci: np.ndarray, sky: SkyModel, mask: np.ndarray | None = None,
     # The PSF from the brightest detections, then the matched filter if it is broad.
     fwhm0 = float("nan")
     if len(objects):
-        top = np.argsort(-objects["flux"], kind="stable")[:_N_SIZE_STARS]
+        top = np.argsort(-objects["flux"], kind="stable")
+        if mask is not None:
+            # Saturated stars are broad and flat-topped, and bright: they must not pass for
+            # the PSF (a sparse field with a few of them would then look out of focus).
+            top = top[~_near_saturation(np.asarray(mask), objects["x"][top], objects["y"][top])]
+        top = top[:_N_SIZE_STARS]
         start = np.sqrt(np.clip(objects["a"][top] * objects["b"][top], 0.25, 100.0))
         mom = _adaptive_moments(data, rms, hide, objects["x"][top], objects["y"][top], start)
-        fwhm0 = frame_fwhm(mom)
+        contrast, peak_snr = _peak_contrast(data, rms, hide, objects["x"][top], objects["y"][top])
+        fwhm0 = frame_fwhm(mom, pixel_sharp=(contrast < _PIXEL_SHARP_CONTRAST) & (peak_snr >= 10.0))
     if np.isfinite(fwhm0) and fwhm0 > BROAD_FWHM:
-        objects = _matched_filter_pass(data, rms, hide, min(fwhm0, _MAX_KERNEL_FWHM), threshold, kwargs)
+        objects, hide = _matched_filter_pass(data, rms, hide, min(fwhm0, _MAX_KERNEL_FWHM), threshold, kwargs)
     objects = objects[np.argsort(-objects["flux"], kind="stable")]
     mom = None
-    if len(objects) and np.isfinite(fwhm0):
+    if len(objects) and np.isfinite(fwhm0) and fwhm0 >= _MIN_RESOLVED_FWHM:
         # Started small, the window settles on a sharp core where there is one. Stamps
         # of +-2 FWHM: objects broader than 1.7 times the PSF are not point sources anyway.
         half = int(np.clip(np.ceil(2.0 * fwhm0), 4, _LARGE_HALF))
@@ -319,6 +370,15 @@ def detect_stars(sci: np.ndarray, sky: SkyModel, mask: np.ndarray | None = None,
             snr1 = np.where(e1 > 0, s1 / e1, 0.0)
         out = out[~((snr1 >= 4.0) & (snr1 > out["snr"]))]
     return out
+
+
+def _near_saturation(mask: np.ndarray, x, y, reach: int = 3) -> np.ndarray:
+    """True where a saturated pixel (mask bit 2) lies within ``reach`` px of x, y."""
+    ny, nx = mask.shape
+    offs = np.arange(-reach, reach + 1)
+    rows = np.clip(np.rint(y).astype(int)[:, None, None] + offs[None, :, None], 0, ny - 1)
+    cols = np.clip(np.rint(x).astype(int)[:, None, None] + offs[None, None, :], 0, nx - 1)
+    return np.any((mask[rows, cols] & 2) != 0, axis=(1, 2))
 
 
 def _median_half_light_radius(data: np.ndarray, objects: np.ndarray, hide: np.ndarray | None) -> float:
@@ -442,7 +502,7 @@ def _adaptive_moments(data: np.ndarray, rms: np.ndarray, hide: np.ndarray | None
     return _Moments(xm, ym, fwhm, ell, snr, positive & centred & ~at_edge, positive)
 
 
-def frame_fwhm(mom: _Moments) -> float:
+def frame_fwhm(mom: _Moments, pixel_sharp: np.ndarray | None = None) -> float:
     """The PSF FWHM (px) of a frame from the adaptive sizes of its brightest detections.
 
     Stars share one size; hot pixels and cosmic rays are sharper than any PSF, galaxies
@@ -451,9 +511,14 @@ def frame_fwhm(mom: _Moments) -> float:
     peak's support is the weight within 25 % of it. The PSF is the broadest peak with
     at least 3 objects and a third of the best-supported peak's weight: on a long
     exposure of a sparse field the cosmic rays can outnumber the stars, and they are
-    always the sharper population. NaN when no peak qualifies.
+    always the sharper population. ``pixel_sharp`` (optional) marks detections whose
+    brightest pixel stands far above its neighbours, as no PSF of 2.5 px FWHM or more
+    allows: left out (when 3 others remain), they cannot outweigh the stars. NaN when
+    no peak qualifies.
     """
     use = mom.ok & (mom.snr >= 7.0) & (mom.ellipticity < 0.5) & (mom.fwhm > _MIN_STAR_FWHM)
+    if pixel_sharp is not None and np.sum(use & ~pixel_sharp) >= 3:
+        use &= ~pixel_sharp
     # Deblended fragments of one star converge to the same centre: count them once.
     idx = np.flatnonzero(use)
     if idx.size:
@@ -485,38 +550,49 @@ def _fields_of(obj) -> tuple:
 def _sharper_than_psf(data, rms, hide, x, y, mom: _Moments, fwhm0: float) -> np.ndarray:
     """True for detections much sharper than the PSF: hot pixels, cosmic-ray remnants.
 
-    Two tests must agree. The adaptive FWHM: a star's scatters about the PSF's by
-    ~1.2 / (S/N); under half of it at S/N >= 8, or a third at S/N >= 4, no star is (the
-    3x3 kernel's detection limit is S/N ~4). And the peak: its four neighbours hold on
-    average exp(-1 / (2 sigma^2)) of it for a Gaussian PSF of width sigma (0.73 at 3 px
-    FWHM, 0.97 at 10 px); under half of that, with the peak 5 sigma above the sky, is
-    a sharp peak. The second test spares a star on a bright neighbour's wing, whose
-    moments the slope can fool.
+    Two tests must agree. The peak (the brightest pixel within 2 px, or 0.3 FWHM): its
+    four neighbours hold on average
+    c = exp(-1 / (2 sigma^2)) of it for a Gaussian PSF of width sigma (0.73 at 3 px
+    FWHM, 0.97 at 10 px; more when the star sits off a pixel centre); well under that
+    (by 0.1 and ~5 / peak S/N: noise, and the brightest of 25 noisy pixels being
+    picked), with the peak 5 sigma above the sky, is a sharp peak. And the adaptive
+    moments, started small on the detection: a star's FWHM scatters about the PSF's
+    by ~1.2 / (S/N); under half of it at S/N >= 8, or a third at S/N >= 4, no star is
+    (the 3x3 kernel's detection limit is S/N ~4). On a broad PSF, where a cosmic ray's
+    window can collapse onto one pixel of it at any S/N, half the PSF's FWHM is enough.
+    The peak spares a star on a bright neighbour's wing, whose moments the slope can
+    fool; the moments spare a broad star with a hot pixel on it.
     """
-    sharp = (mom.fwhm < 0.5 * fwhm0) & (mom.snr >= 8.0)
-    sharp |= (mom.fwhm < 0.33 * fwhm0) & (mom.snr >= 4.0)
-    sharp &= mom.positive
-    if sharp.any():
-        idx = np.flatnonzero(sharp)
-        contrast, peak_snr = _peak_contrast(data, rms, hide, np.asarray(x)[idx], np.asarray(y)[idx])
-        expected = math.exp(-0.5 * (_FWHM_PER_SIGMA / fwhm0) ** 2)
-        sharp[idx] = (contrast < 0.5 * expected) & (peak_snr >= 5.0)
-    return sharp
+    # The detection's centre can sit a few pixels off a cosmic ray's brightest pixel when
+    # the detection image is filtered broadly.
+    reach = int(np.clip(round(0.3 * fwhm0), 2, 5))
+    contrast, peak_snr = _peak_contrast(data, rms, hide, np.asarray(x), np.asarray(y), reach)
+    expected = math.exp(-0.5 * (_FWHM_PER_SIGMA / fwhm0) ** 2)
+    with np.errstate(divide="ignore"):
+        limit = np.maximum(0.5 * expected, expected - 0.1 - 5.0 / np.maximum(peak_snr, 1e-3))
+    sharp_peak = (contrast < limit) & (peak_snr >= 5.0)
+    if fwhm0 > BROAD_FWHM:
+        small = ~mom.positive | (mom.fwhm < 0.5 * fwhm0)
+    else:
+        small = mom.positive & (((mom.fwhm < 0.5 * fwhm0) & (mom.snr >= 8.0))
+                                | ((mom.fwhm < 0.33 * fwhm0) & (mom.snr >= 4.0)))
+    return sharp_peak & small
 
 
-def _peak_contrast(data, rms, hide, x, y):
-    """Mean of the 4 neighbours of the brightest pixel within 2 px, over that pixel; and
-    that pixel's S/N. Hidden pixels are left out."""
+def _peak_contrast(data, rms, hide, x, y, reach: int = 2):
+    """Mean of the 4 neighbours of the brightest pixel within ``reach`` px, over that
+    pixel; and that pixel's S/N. Hidden pixels are left out."""
     ny, nx = data.shape
     ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    offs = np.arange(-3, 4)
+    h = reach + 1
+    offs = np.arange(-h, h + 1)
     rows = np.clip(iy[:, None, None] + offs[None, :, None], 0, ny - 1)
     cols = np.clip(ix[:, None, None] + offs[None, None, :], 0, nx - 1)
     stamp = data[rows, cols].astype(float)
     valid = np.isfinite(stamp) if hide is None else np.isfinite(stamp) & ~hide[rows, cols]
     inner = np.where(valid[:, 1:-1, 1:-1], stamp[:, 1:-1, 1:-1], -np.inf)
     k = np.argmax(inner.reshape(len(x), -1), axis=1)
-    py, px = np.unravel_index(k, (5, 5))
+    py, px = np.unravel_index(k, (2 * reach + 1, 2 * reach + 1))
     py, px = py + 1, px + 1
     n = np.arange(len(x))
     peak = stamp[n, py, px]
@@ -525,7 +601,7 @@ def _peak_contrast(data, rms, hide, x, y):
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_nb = np.where(ok.any(axis=1), np.sum(np.where(ok, nb, 0.0), axis=1) / ok.sum(axis=1), np.nan)
         contrast = np.where(peak > 0, mean_nb / peak, np.nan)
-        peak_snr = peak / rms[np.clip(iy + py - 3, 0, ny - 1), np.clip(ix + px - 3, 0, nx - 1)]
+        peak_snr = peak / rms[np.clip(iy + py - h, 0, ny - 1), np.clip(ix + px - h, 0, nx - 1)]
     return contrast, np.nan_to_num(peak_snr)
 
 
@@ -658,12 +734,23 @@ def measure_psf(sci: np.ndarray, stars: np.ndarray, sky: SkyModel, mask: np.ndar
                 min_snr: float = 30.0) -> PsfStats:
     """Measure the frame's PSF size and shape from its good stars.
 
-    Stars used: clean sep detections (not merged, not truncated) with ``snr >= min_snr``,
-    no other detection within two stamp radii, the stamp inside the frame, no masked
-    pixel within 1.5 FWHM of the centre and no saturated pixel in the stamp, peak below
-    ``saturation``; the ``max_stars`` brightest of them are fitted (elliptical Moffat,
-    free beta, pixel-integrated; see the module notes) and the per-star results
-    combined by a median.
+    A first guess of the FWHM comes from the adaptive moments of the clean detections
+    (:func:`frame_fwhm`), which also leave out those much sharper (hot pixels, cosmic
+    rays) or broader (galaxies) than the PSF, or streaked; stamps are +-2 of it (up to
+    +-32 px). Stars used: clean sep detections (not merged, not truncated) with
+    ``snr >= min_snr``, no other detection within two stamp radii, the stamp inside
+    the frame, no masked pixel within 1.5 FWHM of the centre (3 % of that area for a
+    broad PSF) and no saturated pixel in the stamp, peak below ``saturation``; the
+    ``max_stars`` brightest of them are fitted (elliptical Moffat, free beta,
+    pixel-integrated; see the module notes) and the per-star results combined by a
+    median.
+
+    When fewer than 8 stars qualify (a sparse field, a long exposure in poor seeing),
+    the S/N cut drops to 20, 10 and 5, and the isolation is relaxed to neighbours of a
+    tenth of the star's flux beyond 1.5 FWHM, whose cores are left out of the fit. With
+    fewer than 8 good single fits, one profile is fitted to all the stars at once
+    (beta fixed at 3 when they do not pin it down) and ``fwhm_scatter`` is that of the
+    single fits (NaN under 3).
 
     Parameters
     ----------
@@ -682,7 +769,7 @@ def measure_psf(sci: np.ndarray, stars: np.ndarray, sky: SkyModel, mask: np.ndar
     max_stars : int
         At most this many stars are fitted (cost grows linearly).
     min_snr : float
-        Minimum detection S/N.
+        Minimum detection S/N, lowered (to 20, 10, 5) when fewer than 8 stars reach it.
 
     Returns
     -------
@@ -734,14 +821,18 @@ def measure_psf(sci: np.ndarray, stars: np.ndarray, sky: SkyModel, mask: np.ndar
         k = min(len(stars), 8)
         dist, nbr = tree.query(np.column_stack([x, y]), k=k)
         dist, nbr = dist[:, 1:], nbr[:, 1:]
+        nbr = np.minimum(nbr, len(stars) - 1)
         near = dist <= 2 * half
         isolated = ~near.any(axis=1)
         # Relaxed when stars are few: a neighbour under a tenth of the star's flux (a
-        # noise bump, a faint star) moves a broad star's fit little.
-        faint = stars["flux"][np.minimum(nbr, len(stars) - 1)] < 0.1 * stars["flux"][pool][:, None]
-        roughly_isolated = ~(near & ~faint).any(axis=1)
+        # noise bump, a faint star) moves a broad star's fit little, and a brighter one
+        # beyond 1.5 FWHM has its own core (1 FWHM about it) left out of the fit.
+        bright_nbr = near & (stars["flux"][nbr] >= 0.1 * stars["flux"][pool][:, None])
+        roughly_isolated = ~(bright_nbr & (dist <= 1.5 * fwhm0)).any(axis=1)
     else:
         isolated = roughly_isolated = np.ones(pool.size, dtype=bool)
+        bright_nbr = np.zeros((pool.size, 0), dtype=bool)
+        nbr = np.zeros((pool.size, 0), dtype=int)
 
     offs = np.arange(-half, half + 1)
     dyy, dxx = np.meshgrid(offs, offs, indexing="ij")
@@ -755,10 +846,12 @@ def measure_psf(sci: np.ndarray, stars: np.ndarray, sky: SkyModel, mask: np.ndar
     if mask is not None:
         m = np.asarray(mask)[rows, cols]
         usable &= ~np.any((m & 2) != 0, axis=1)
-        # Masked pixels weigh nothing in the fit; a few in a broad core cost little, but
-        # one in a 2-3 px core is a fifth of it.
+        # Masked pixels weigh nothing in the fit; a few in a broad core cost little (a
+        # bad-pixel map of 1 % puts 8 in a 10 px star's), but one in a 2-3 px core is a
+        # fifth of it.
         core = r2 <= (1.5 * fwhm0) ** 2
-        allowed = int(0.01 * np.pi * (1.5 * fwhm0) ** 2)
+        area = np.pi * (1.5 * fwhm0) ** 2
+        allowed = int(0.03 * area) if area >= 100.0 else 0
         usable &= np.sum((m != 0) & core, axis=1) <= allowed
         good &= m == 0
     if saturation is not None:
@@ -778,6 +871,11 @@ def measure_psf(sci: np.ndarray, stars: np.ndarray, sky: SkyModel, mask: np.ndar
         return nan
     stamps, good, ix, iy, x, y = stamps[sel], good[sel], ix[sel], iy[sel], x[sel], y[sel]
     rows, cols = rows[sel], cols[sel]
+    for i, star in enumerate(sel):
+        if isolated[star]:
+            continue
+        for j in nbr[star][bright_nbr[star]]:
+            good[i] &= (cols[i] - stars["x"][j]) ** 2 + (rows[i] - stars["y"][j]) ** 2 > fwhm0**2
     if err is not None:
         var = np.asarray(err)[rows, cols].astype(float) ** 2
     else:
@@ -844,8 +942,9 @@ def _fit_moffat_joint(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_ite
     centre, amplitude and sky: Levenberg-Marquardt on the normal equations, reduced to
     the 4 shared parameters (Schur complement of the per-star 4 x 4 blocks).
 
-    Stars that fit much worse than the others (a galaxy, a blend) are dropped once and
-    the fit repeated. Returns (shape (4,), stars used) or None.
+    Beta is fixed at ``_BETA_FIXED`` when the stars do not pin it down. Stars that fit
+    much worse than the others (a galaxy, a blend) or come out negative are dropped and
+    the fit repeated, once. Returns (shape (4,), stars used) or None.
     """
     keep = np.ones(len(stamps), dtype=bool)
     result = None
@@ -853,23 +952,38 @@ def _fit_moffat_joint(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_ite
         idx = np.flatnonzero(keep)
         if idx.size == 0:
             return result
-        fitted = _joint_lm(stamps[idx], weights[idx], dx, dy, local0[idx], shape0, amp0[idx], sky0[idx], n_iter)
+        args = (stamps[idx], weights[idx], dx, dy, local0[idx])
+        fitted = _joint_lm(*args, shape0, amp0[idx], sky0[idx], n_iter)
+        if fitted is None or not (fitted[3] < _BETA_REL_ERR * fitted[0][3]
+                                  and _BETA_RANGE[0] <= fitted[0][3] <= _BETA_RANGE[1]):
+            # Faint stars leave beta free to trade with the width (and a sky that is not
+            # flat under broad wings pulls it to the edge): fix it instead.
+            fixed = np.r_[np.asarray(shape0 if fitted is None else fitted[0])[:3], _BETA_FIXED]
+            fitted = _joint_lm(*args, fixed, amp0[idx], sky0[idx], n_iter, free_beta=False) or fitted
         if fitted is None:
             return result
-        shape, chi2_star, dof = fitted
-        result = (shape, idx.size)
+        shape, chi2_star, dof, _, amp = fitted
         red = chi2_star / np.maximum(dof, 1)
-        med = float(np.median(red))
-        bad = red > med + 5.0 * max(1.4826 * float(np.median(np.abs(red - med))), 0.05 * med)
+        positive = amp > 0
+        if positive.any():
+            result = (shape, int(positive.sum()))
+            med = float(np.median(red[positive]))
+            bad = ~positive | (red > med + 5.0 * max(1.4826 * float(np.median(np.abs(red[positive] - med))),
+                                                     0.05 * med))
+        else:
+            bad = ~positive
         if not bad.any() or idx.size - bad.sum() < 1:
             break
         keep[idx[bad]] = False
-        shape0 = shape
+        if positive.any():
+            shape0 = shape
     return result
 
 
-def _joint_lm(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_iter):
+def _joint_lm(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_iter, free_beta=True):
+    """Returns (shape, chi2 per star, dof per star, sigma of beta, amplitudes) or None."""
     n, m = stamps.shape
+    ng = 4 if free_beta else 3
     sw = np.sqrt(weights)
 
     def params(local, shape):
@@ -896,8 +1010,9 @@ def _joint_lm(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_iter):
             jac[:, :, 2 + k] = a[:, None] * (_moffat_pixels(q, dx, dy) - base) / h
         jw = jac * sw[:, :, None]
         resid = (stamps - (b[:, None] + a[:, None] * base)) * sw
-        hess = jw.transpose(0, 2, 1) @ jw                   # (n, 8, 8)
-        grad = np.einsum("nmk,nm->nk", jw, resid)           # (n, 8)
+        jw = jw[:, :, :4 + ng]
+        hess = jw.transpose(0, 2, 1) @ jw                   # (n, 4 + ng, 4 + ng)
+        grad = np.einsum("nmk,nm->nk", jw, resid)
         h_ll, h_lg, g_l = hess[:, :4, :4], hess[:, :4, 4:], grad[:, :4]
         h_gg, g_g = hess[:, 4:, 4:].sum(axis=0), grad[:, 4:].sum(axis=0)
         damped_ll = h_ll + lam * np.einsum("nii->ni", h_ll)[:, :, None] * np.eye(4)[None]
@@ -912,7 +1027,7 @@ def _joint_lm(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_iter):
         d_l = np.einsum("nij,nj->ni", inv_ll, g_l - h_lg @ d_g)
         a_new, b_new = a + d_l[:, 0], b + d_l[:, 1]
         local_new = local + d_l[:, 2:]
-        shape_new = _constrain(np.r_[0.0, 0.0, shape + d_g][None, :])[0, 2:]
+        shape_new = _constrain(np.r_[0.0, 0.0, shape + np.r_[d_g, np.zeros(4 - ng)]][None, :])[0, 2:]
         chi2_new = chi2_of(local_new, shape_new, a_new, b_new)
         if np.isfinite(chi2_new.sum()) and chi2_new.sum() < chi2.sum():
             small = chi2.sum() - chi2_new.sum() < 1e-7 * chi2.sum()
@@ -924,6 +1039,13 @@ def _joint_lm(stamps, weights, dx, dy, local0, shape0, amp0, sky0, n_iter):
             lam *= 10.0
             if lam > 1e8:
                 break
-    if not np.all(a > 0):
-        return None
-    return shape, chi2, np.count_nonzero(weights > 0, axis=1) - 4
+    beta_err = float("nan")
+    if free_beta:
+        try:
+            # Covariance of the shared parameters: the inverse of the undamped Schur complement.
+            inv_ll = np.linalg.inv(h_ll)
+            cov = np.linalg.inv(h_gg - np.einsum("nki,nkl,nlj->ij", h_lg, inv_ll, h_lg))
+            beta_err = float(np.sqrt(max(cov[3, 3], 0.0)))
+        except np.linalg.LinAlgError:
+            pass
+    return shape, chi2, np.count_nonzero(weights > 0, axis=1) - 4, beta_err, a

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -26,8 +27,11 @@ from obsdb.astrometry.errors import AstrometryError
 from obsdb.astrometry.initial import pixel_scale_from_header, wcs_from_header, wcs_from_pointing
 from obsdb.astrometry.match import refine_wcs
 from obsdb.config import PhotometrySettings
-from obsdb.models import Frame
-from obsdb.models.photometry import FrameSolution, Measurement
+from obsdb.calibration.products import read_product
+from obsdb.models import Frame, Reduction
+from obsdb.models.photometry import FrameSolution
+from obsdb.photometry.background import estimate_background
+from obsdb.photometry.detect import detect_stars
 
 
 class NeedsWcs(Exception):
@@ -92,6 +96,20 @@ def _same_field_reference(session: Session, frame: Frame, ph: PhotometrySettings
     )
 
 
+def _reference_stars(session: Session, reference: FrameSolution, ph: PhotometrySettings):
+    """The point sources of a solved frame, detected again on its calibrated product (all
+    of them, with S/N: its measurements hold only the stars that made sources)."""
+    reduction = session.scalar(select(Reduction).where(Reduction.frame_id == reference.frame_id))
+    if reduction is None or not Path(reduction.path).is_file():
+        return None
+    sci, err, mask, _ = read_product(reduction.path)
+    if mask is None:
+        mask = np.zeros(sci.shape, np.uint8)
+    sky = estimate_background(sci, mask)
+    found = detect_stars(sci, sky, mask, threshold=ph.detect_threshold, min_area=ph.detect_min_area, err=err)
+    return found[found["point"]]
+
+
 def field_key(frame: Frame) -> str:
     """The ensemble group of a frame: its OBJECT, else a 1-degree cell of its pointing."""
     if frame.object and frame.object.strip():
@@ -138,18 +156,12 @@ def solve_frame_wcs(session: Session, frame: Frame, header: fits.Header, stars, 
 
     reference = _same_field_reference(session, frame, ph)
     if reference is not None:
-        rows = session.execute(
-            select(Measurement.x, Measurement.y, Measurement.flux)
-            .where(Measurement.frame_id == reference.frame_id, Measurement.forced.is_(False),
-                   Measurement.flux > 0)
-            .order_by(Measurement.flux.desc()).limit(500)
-        ).all()
-        if len(rows) >= ph.min_astrometric_matches:
-            ref = np.array(rows, dtype=float)
+        ref = _reference_stars(session, reference, ph)
+        if ref is not None and len(ref) >= ph.min_astrometric_matches:
             ref_wcs = WCS(fits.Header.fromstring(reference.wcs_header)).celestial
             try:
-                aligned = align_to_reference(stars["x"], stars["y"], stars["flux"], ref[:, 0], ref[:, 1], ref[:, 2],
-                                             ref_wcs, shape=shape)
+                aligned = align_to_reference(stars["x"], stars["y"], stars["flux"], ref["x"], ref["y"], ref["flux"],
+                                             ref_wcs, shape=shape, snr=stars["snr"], ref_snr=ref["snr"])
             except AstrometryError as exc:
                 problems.append(f"aligning to frame {reference.frame_id}: {exc}")
             else:
