@@ -91,7 +91,8 @@ def catalog_star_points(session, truth: Truth) -> Points:
 
 
 def variable_fit(truth: Truth, star_id: int, band: str, mjd, mag, mag_err, *, shift_days: float = 0.0):
-    """Weighted fit ``mag = a + s * delta_true(mjd - shift)``; returns (s, s_err, chi2)."""
+    """Weighted fit ``mag = a + s * delta_true(mjd - shift)``; returns (s, s_err, chi2, ptp,
+    expected chi2 per dof of a constant-star fit to the true variation with these errors)."""
     i = int(truth.stars.index_of(star_id)[0])
     params = {k: np.asarray(v)[i:i + 1] for k, v in truth.stars.columns.items()}
     delta = np.array([float(delta_mag(params, band, np.array([t - shift_days]))[0]) for t in mjd])
@@ -100,4 +101,6 @@ def variable_fit(truth: Truth, star_id: int, band: str, mjd, mag, mag_err, *, sh
     cov = np.linalg.inv(design.T @ (design * w[:, None]))
     coef = cov @ (design.T @ (w * mag))
     chi2 = float(np.sum(w * (mag - design @ coef) ** 2))
-    return float(coef[1]), float(np.sqrt(cov[1, 1])), chi2, float(np.ptp(delta))
+    mean = np.sum(w * delta) / np.sum(w)
+    expected = float(np.sum(w * (delta - mean) ** 2) / max(len(delta) - 1, 1))
+    return float(coef[1]), float(np.sqrt(cov[1, 1])), chi2, float(np.ptp(delta)), expected

@@ -348,3 +348,16 @@ def test_calibrate_input_checks(solved):
         calibrate(np.zeros(3), np.ones(3), np.zeros(3), sol)
     mag, err = calibrate(np.zeros(2), np.full(2, 0.01), np.array([-1, 10**6]), sol)
     assert np.isnan(mag).all() and np.isnan(err).all()
+
+
+def test_an_eclipse_clipped_away_still_marks_the_star_variable():
+    """A few deep points of an eclipsing star are clipped as outliers about its mean; in a
+    field with many outliers (cosmic rays here) the binomial test alone forgives them,
+    the run of clipped points must not."""
+    obs, truth = simulate_field(21, n_stars=150, n_frames=20, n_variables=0, cr_rate=0.05, missing=0.0)
+    eclipsing = int(np.flatnonzero((truth["mag"] > 12) & (truth["mag"] < 13))[0])
+    in_eclipse = (obs["star_idx"] == eclipsing) & np.isin(obs["frame_idx"], [8, 9, 10, 11])
+    inst = obs["inst"].copy()
+    inst[in_eclipse] += 0.3
+    sol = solve_ensemble(**{**obs, "inst": inst})
+    assert sol.variable[eclipsing] and not sol.member[eclipsing]

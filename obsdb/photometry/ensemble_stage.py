@@ -134,7 +134,11 @@ def solve_field(sessions: sessionmaker, settings: Settings, field: str, filter_n
         airmass=airmass if np.isfinite(airmass).all() else None,
     )
     star_colour = colour[star_idx] if (colour is not None and fit_colour) else None
-    mag, mag_err = calibrate(imag, imag_err, frame_idx, solution, colour=star_colour)
+    # The error of each point: its own noise, the frame's zero point and excess scatter.
+    # The tie to the catalog (one offset for the whole field) is the same for every point
+    # and star, so it is kept apart, in ensembles.stats, not added to each error bar.
+    mag, mag_err = calibrate(imag, imag_err, frame_idx, solution, colour=star_colour, include_systematic=False)
+    systematic = solution.systematic_error(frame_idx, star_colour)
     zp_of_row = solution.Z[frame_idx]
     ul_inst, _ = inst_mag(np.clip(np.nan_to_num(flux), 0, None) + 3.0 * flux_err, flux_err)
     upper = np.where(snr < 3.0, ul_inst + apcorr + zp_of_row, np.nan)
@@ -145,7 +149,8 @@ def solve_field(sessions: sessionmaker, settings: Settings, field: str, filter_n
     with sessions() as session, session.begin():
         _update_measurements(session, mid, mag, mag_err, upper, new_flags)
         ensemble_id = _upsert_ensemble(session, settings, field, filter_name, band, refstars, solution, sources,
-                                       len(frame_ids), int(good.sum()))
+                                       len(frame_ids), int(good.sum()), float(np.nanmedian(systematic))
+                                       if np.isfinite(systematic).any() else None)
         session.execute(
             text("UPDATE zeropoints z SET ensemble_zp = v.zp, ensemble_zp_err = v.err, ensemble_id = :eid "
                  "FROM unnest(CAST(:ids AS bigint[]), CAST(:zp AS float8[]), CAST(:err AS float8[])) AS v(id, zp, err) "
@@ -175,7 +180,8 @@ def _update_measurements(session, ids, mag, mag_err, upper, flags) -> None:
         "FROM ensemble_update u WHERE m.id = u.id"))
 
 
-def _upsert_ensemble(session, settings, field, filter_name, band, refstars, solution, sources, n_frames, n_obs) -> int:
+def _upsert_ensemble(session, settings, field, filter_name, band, refstars, solution, sources, n_frames, n_obs,
+                     systematic) -> int:
     variables = sources[np.asarray(solution.variable, dtype=bool)].tolist()
     values = dict(
         field=field, filter=filter_name, band=band,
@@ -185,7 +191,7 @@ def _upsert_ensemble(session, settings, field, filter_name, band, refstars, solu
         n_stars=int(np.isfinite(solution.M).sum()), n_observations=n_obs,
         n_components=int(solution.n_components), variables=variables,
         rms=None if solution.rms is None or not np.isfinite(solution.rms) else float(solution.rms),
-        stats={}, obsdb_version=VERSION, config_hash=config_hash(settings),
+        stats={"catalog_tie_error": systematic}, obsdb_version=VERSION, config_hash=config_hash(settings),
     )
     stmt = insert(Ensemble).values(**values)
     stmt = stmt.on_conflict_do_update(index_elements=["field", "filter"],
@@ -194,17 +200,20 @@ def _upsert_ensemble(session, settings, field, filter_name, band, refstars, solu
 
 
 def _update_source_stats(session, filter_name, sources, solution) -> None:
-    """Each source's summary for this filter: ensemble magnitude, error, chi2, variability."""
+    """Each source's summary for this filter: ensemble magnitude, error, chi2, variability,
+    and whether it was a comparison star of the ensemble (member)."""
     session.execute(
         text(
             "UPDATE sources s SET stats = s.stats || jsonb_build_object(CAST(:filter AS text), jsonb_build_object("
-            "'mag', v.mag, 'mag_err', v.err, 'chi2_dof', v.chi2, 'n', v.n, 'variable', v.var)) "
+            "'mag', v.mag, 'mag_err', v.err, 'chi2_dof', v.chi2, 'n', v.n, 'variable', v.var, 'member', v.member)) "
             "FROM unnest(CAST(:ids AS bigint[]), CAST(:mag AS float8[]), CAST(:err AS float8[]), "
-            "CAST(:chi2 AS float8[]), CAST(:n AS int[]), CAST(:var AS boolean[])) AS v(id, mag, err, chi2, n, var) "
+            "CAST(:chi2 AS float8[]), CAST(:n AS int[]), CAST(:var AS boolean[]), CAST(:member AS boolean[])) "
+            "AS v(id, mag, err, chi2, n, var, member) "
             "WHERE s.id = v.id"
         ),
         {"filter": filter_name, "ids": sources.tolist(), "mag": _nullable(solution.M), "err": _nullable(solution.M_err),
          "chi2": _nullable(solution.chi2_dof), "n": np.asarray(solution.n_used, dtype=int).tolist(),
-         "var": np.asarray(solution.variable, dtype=bool).tolist()},
+         "var": np.asarray(solution.variable, dtype=bool).tolist(),
+         "member": np.asarray(solution.member, dtype=bool).tolist()},
     )
 

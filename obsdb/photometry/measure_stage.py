@@ -232,7 +232,8 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
         flags = ap.flags[:, k] | np.where(is_forced, F.FORCED, 0) | frame_flags
         if refstars is not None and len(refstars):
             cat_x, cat_y = wcs.world_to_pixel_values(refstars.ra, refstars.dec)
-            flags = flags | catalog_blends(x, y, catalog_pos, cat_x, cat_y, refstars.rank_mag, float(radii[k]))
+            flags = flags | catalog_blends(x, y, catalog_pos, cat_x, cat_y, refstars.rank_mag, float(radii[k]),
+                                            fwhm, psf.beta if psf.beta else 3.0)
         ra, dec = wcs.pixel_to_world_values(x, y)
         ra = np.asarray(ra) % 360.0
 
