@@ -13,8 +13,6 @@ from sqlalchemy.orm import sessionmaker
 
 from obsdb.config import ConfigError, Settings, load_settings
 from obsdb.database import SchemaOutOfDate, connect, ensure_schema
-from obsdb.ingest import Ingestor
-from obsdb.instruments import ProfileError
 
 
 @dataclass
@@ -49,8 +47,12 @@ class AppContext:
     def sessions(self) -> sessionmaker:
         return self.database()[1]
 
-    def ingestor(self, on_new_frame=None) -> Ingestor:
+    def ingestor(self, on_new_frame=None):
         """An Ingestor on this database; a bad instrument profile becomes advice."""
+        # Imported here: ingest pulls in astropy, which every other command need not pay for.
+        from obsdb.ingest import Ingestor
+        from obsdb.instruments import ProfileError
+
         try:
             return Ingestor(self.sessions(), self.settings, on_new_frame=on_new_frame)
         except ProfileError as exc:

@@ -8,8 +8,6 @@ import click
 from tqdm import tqdm
 
 from obsdb.cli.context import AppContext, pass_app
-from obsdb.ingest import iter_candidate_files
-from obsdb.pipeline.queue import FrameEnqueuer, make_app
 
 
 @click.command("ingest")
@@ -25,6 +23,9 @@ def ingest(app: AppContext, paths: tuple[str, ...], fmt: str, progress: bool | N
     files that cannot be read are recorded and copied into the quarantine folder.
     Exits with status 1 when any file was rejected.
     """
+    from obsdb.ingest import iter_candidate_files
+    from obsdb.pipeline.queue import FrameEnqueuer, make_app
+
     files = list(iter_candidate_files(paths))
     disable = None if progress is None else not progress
     with make_app(app.settings).open() as queue_app:
@@ -59,6 +60,7 @@ def ingest(app: AppContext, paths: tuple[str, ...], fmt: str, progress: bool | N
 def watch(app: AppContext, dirs: tuple[str, ...], polling: bool | None, settle: float | None,
           rescan: float | None) -> None:
     """Watch DIRS and ingest every new FITS file once it is complete. Stop with Ctrl-C/SIGTERM."""
+    from obsdb.pipeline.queue import FrameEnqueuer, make_app
     from obsdb.services.watcher import Watcher
 
     watch_settings = app.settings.watch

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 from tqdm import tqdm
 
 from obsdb.cli.context import AppContext, pass_app
 from obsdb.cli.output import format_option, render
-from obsdb.pipeline.runtime import Runtime
 
 concurrency_option = click.option(
     "--concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -15,7 +16,13 @@ concurrency_option = click.option(
 )
 
 
-def _runtime(app: AppContext, batch: bool = False) -> Runtime:
+def _runtime(app: AppContext, batch: bool = False):
+    # One OpenMP thread per job: workers run jobs side by side (--concurrency, more
+    # workers), and astroscrappy's threads only spin against each other on a busy machine
+    # (1.26 s wall instead of 0.43 s per 2048² frame). Set before astroscrappy loads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from obsdb.pipeline.runtime import Runtime
+
     engine, sessions = app.database()
     return Runtime(app.settings, engine, sessions, batch=batch)
 
