@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +18,14 @@ pytestmark = pytest.mark.embedded
 
 @pytest.fixture
 def embedded_env(tmp_path):
+    # OBSDB_HOME outside pytest's temporary root: as root, pgserver runs PostgreSQL as its
+    # own user and opens the parent folders to it, and a pytest session starting meanwhile
+    # closes /tmp/pytest-of-root again (mode 700), so the server could not start. The
+    # folder stays, as pytest's own would (the embedded server may still be stopping).
+    home = Path(tempfile.mkdtemp(prefix="obsdb-embedded-")) / "home"
+    (tmp_path / "home").symlink_to(home, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OBSDB_")}
-    env["OBSDB_HOME"] = str(tmp_path / "home")
+    env["OBSDB_HOME"] = str(home)
     return env
 
 
