@@ -281,7 +281,10 @@ def score_cosmics(directory: Path, which: str) -> dict:
 
 # -- main -------------------------------------------------------------------------------------
 
-def main() -> None:
+QUICK = ["--quick"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="frame side in pixels")
     parser.add_argument("--n", type=int, default=30, help="frames in the master")
@@ -292,10 +295,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="512x512, 5 frames, 3 lights")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args.dir, args.repeat)))
-        return
+    return parser
+
+
+def measure(args: argparse.Namespace) -> tuple[str, list, list[str]]:
+    """Make the data, run every worker; the table's title, rows and the notes below it."""
     if args.quick:
         args.size, args.n, args.lights = 512, 5, 3
 
@@ -319,7 +323,7 @@ def main() -> None:
 
     # The shared table (imported here: the workers need not load the database stack).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.common import Row, print_table
+    from benchmarks.common import Row
 
     r, ours_cr, theirs_cr = results, scores["obsdb"], scores["ccdproc"]
     rows = [
@@ -349,21 +353,42 @@ def main() -> None:
     import ccdproc
 
     n_runs = args.lights * args.repeat
-    print_table(f"obsdb calibration vs ccdproc {ccdproc.__version__} ({args.size}x{args.size}, {args.n} frames "
-                f"in the master, best time of {n_runs} reduced frames, OpenMP threads: "
-                f"{args.threads or os.environ.get('OMP_NUM_THREADS', 'default')})", rows)
+    title = (f"obsdb calibration vs ccdproc {ccdproc.__version__} ({args.size}x{args.size}, {args.n} frames "
+             f"in the master, best time of {n_runs} reduced frames, OpenMP threads: "
+             f"{args.threads or os.environ.get('OMP_NUM_THREADS', 'default')})")
     cpu = r["reduce-obsdb"]["cpu"]
-    print(f"target, reduce at most 1 s per frame per core: {cpu:.2f} s of CPU per frame "
-          f"({'met' if cpu <= 1.0 else 'NOT met'}); median wall {r['reduce-obsdb']['median']:.2f} s (obsdb), "
-          f"{r['reduce-ccdproc']['median']:.2f} s (ccdproc). Cosmic-ray target: > 90 % of hit pixels, < 1 % false: "
-          f"{100 * ours_cr['recovered']:.1f} %, {100 * ours_cr['false_of_flagged']:.2f} % of the flagged "
-          f"({'met' if ours_cr['recovered'] > 0.9 and ours_cr['false_of_flagged'] < 0.01 else 'NOT met'}).")
-    print(f"baseline: ccdproc.combine(method='median'); subtract_bias/subtract_dark/flat_correct + "
-          f"cosmicray_lacosmic defaults. Python + imports alone: {r['master-obsdb']['import_mb']:.0f} MB (obsdb), "
-          f"{r['master-ccdproc']['import_mb']:.0f} MB (ccdproc).")
-    print(f"median |obsdb clipped mean - ccdproc median| of the master bias: {agreement:.3f} ADU "
-          f"(noise of a {args.n}-frame combine: {READ_NOISE / GAIN / np.sqrt(args.n):.2f} ADU)")
+    notes = [
+        f"target, reduce at most 1 s per frame per core: {cpu:.2f} s of CPU per frame "
+        f"({'met' if cpu <= 1.0 else 'NOT met'}); median wall {r['reduce-obsdb']['median']:.2f} s (obsdb), "
+        f"{r['reduce-ccdproc']['median']:.2f} s (ccdproc). Cosmic-ray target: > 90 % of hit pixels, < 1 % false: "
+        f"{100 * ours_cr['recovered']:.1f} %, {100 * ours_cr['false_of_flagged']:.2f} % of the flagged "
+        f"({'met' if ours_cr['recovered'] > 0.9 and ours_cr['false_of_flagged'] < 0.01 else 'NOT met'}).",
+        f"baseline: ccdproc.combine(method='median'); subtract_bias/subtract_dark/flat_correct + "
+        f"cosmicray_lacosmic defaults. Python + imports alone: {r['master-obsdb']['import_mb']:.0f} MB (obsdb), "
+        f"{r['master-ccdproc']['import_mb']:.0f} MB (ccdproc).",
+        f"median |obsdb clipped mean - ccdproc median| of the master bias: {agreement:.3f} ADU "
+        f"(noise of a {args.n}-frame combine: {READ_NOISE / GAIN / np.sqrt(args.n):.2f} ADU)",
+    ]
+    return title, rows, notes
 
+
+def run(quick: bool = False) -> list:
+    """The rows (``benchmarks.common.Row``) of ``python -m benchmarks``; ``QUICK``'s sizes with ``quick``."""
+    title, rows, notes = measure(_parser().parse_args(QUICK if quick else []))
+    print("\n".join(notes))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(WORKERS[args.worker](args.dir, args.repeat)))
+        return
+    title, rows, notes = measure(args)
+    from benchmarks.common import print_table
+
+    print_table(title, rows)
+    print("\n".join(notes))
 
 if __name__ == "__main__":
     main()

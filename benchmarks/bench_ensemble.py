@@ -100,14 +100,20 @@ def zp_rms(Z: np.ndarray, truth: np.ndarray) -> float:
     return float(np.sqrt(np.nanmean((d - np.nanmean(d)) ** 2)))
 
 
-def main(argv: list[str] | None = None) -> None:
+QUICK = ["--stars", "500", "--frames", "200"]
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stars", type=int, default=1000)
     ap.add_argument("--frames", type=int, default=500)
     ap.add_argument("--fill", type=float, default=0.7, help="fraction of (star, frame) pairs observed")
     ap.add_argument("--seed", type=int, default=1)
-    args = ap.parse_args(argv)
+    return ap
 
+
+def measure(args: argparse.Namespace) -> tuple[str, list[Row], list[str]]:
+    """Solve both ways; the table's title, rows and the notes below it."""
     obs, truth = simulate(args.stars, args.frames, args.fill, args.seed)
     n_obs = obs["inst"].size
     print(f"{args.stars} stars x {args.frames} frames, {n_obs:,} observations ({n_obs / args.stars / args.frames:.0%})")
@@ -149,13 +155,28 @@ def main(argv: list[str] | None = None) -> None:
         Row("zero points vs truth, rms (mmag)", rms_obsdb, rms_naive, "mmag", higher_is_better=False),
         Row("zero-point pulls, rms (1 = errors right)", pull_rms, None, ""),
     ]
-    print_table(f"Ensemble solve, {args.stars} stars x {args.frames} frames", rows)
     flagged = set(np.flatnonzero(sol.variable))
-    print(f"\nlsqr: {lsqr_iter} iterations; largest zero-point difference from obsdb's solve {agree * 1e6:.2f} micromag")
-    print(f"solve_ensemble: {sol.n_iter} iterations; variables found {len(flagged & set(truth['variables']))}"
-          f"/{len(truth['variables'])}, constant stars flagged {len(flagged - set(truth['variables']))}; "
-          f"colour term {sol.colour_term:+.4f} +- {sol.colour_term_err:.4f} (true -0.08); catalog offset "
-          f"{np.nanmean(sol.Z - truth['zp']):+.4f} (true +0.03)")
+    notes = [
+        f"lsqr: {lsqr_iter} iterations; largest zero-point difference from obsdb's solve {agree * 1e6:.2f} micromag",
+        f"solve_ensemble: {sol.n_iter} iterations; variables found {len(flagged & set(truth['variables']))}"
+        f"/{len(truth['variables'])}, constant stars flagged {len(flagged - set(truth['variables']))}; "
+        f"colour term {sol.colour_term:+.4f} +- {sol.colour_term_err:.4f} (true -0.08); catalog offset "
+        f"{np.nanmean(sol.Z - truth['zp']):+.4f} (true +0.03)",
+    ]
+    return f"Ensemble solve, {args.stars} stars x {args.frames} frames", rows, notes
+
+
+def run(quick: bool = False) -> list[Row]:
+    """The rows of ``python -m benchmarks`` (``QUICK``'s sizes with ``quick``)."""
+    title, rows, notes = measure(_parser().parse_args(QUICK if quick else []))
+    print("\n".join(notes))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    title, rows, notes = measure(_parser().parse_args(argv))
+    print_table(title, rows)
+    print("\n" + "\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -67,11 +67,18 @@ def baseline_ingest(paths: list[Path], factory: sessionmaker) -> None:
                 session.commit()
 
 
-def main() -> None:
+QUICK = ["--n", "300", "--size", "512"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=1024)
-    args = parser.parse_args()
+    return parser
+
+
+def measure(args: argparse.Namespace) -> tuple[str, list[Row]]:
+    """Write the frames, ingest them both ways; the table's title and rows."""
     with tempfile.TemporaryDirectory(prefix="obsdb-bench-ingest-") as tmp:
         paths = make_frames(Path(tmp), args.n, args.size)
         with scratch_database() as engine:
@@ -87,13 +94,22 @@ def main() -> None:
             with timed() as t_base:
                 baseline_ingest(paths, sessionmaker(engine, expire_on_commit=False))
     n = len(paths)
-    print_table(
+    return (
         f"ingest of {n} simulated {args.size}x{args.size} frames",
         [
             Row("ingest, header-only vs full read", n / t_obsdb[0], n / t_base[0], "files/s"),
             Row("rescan of ingested files", n / t_rescan[0], None, "files/s"),
         ],
     )
+
+
+def run(quick: bool = False) -> list[Row]:
+    """The rows of ``python -m benchmarks`` (``QUICK``'s sizes with ``quick``)."""
+    return measure(_parser().parse_args(QUICK if quick else []))[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    print_table(*measure(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

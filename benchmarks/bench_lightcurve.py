@@ -252,16 +252,24 @@ def _nodes(plan: dict) -> list[str]:
     return out
 
 
-def main() -> None:
+QUICK = ["--measurements", "300000", "--sources", "10000", "--points", "200", "--repeat", "3"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--measurements", type=int, default=10_000_000)
     parser.add_argument("--sources", type=int, default=100_000)
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="Do not drop the scratch database (prints its URL).")
-    args = parser.parse_args()
+    return parser
 
-    with scratch_database() as engine:
+
+def measure(args: argparse.Namespace) -> tuple[str, list[Row], list[str]]:
+    """Generate the catalog, time the queries with and without their indexes; the table's
+    title, rows and the notes below it."""
+
+    with scratch_database() as engine, tempfile.TemporaryDirectory(prefix="obsdb-bench-home-") as home:
         layout = generate(engine, args.measurements, args.sources, args.points)
         url = engine.url.render_as_string(hide_password=False)
         ra, dec, star = layout["ra"], layout["dec"], layout["star"]
@@ -270,7 +278,6 @@ def main() -> None:
         fn_sql = "SELECT * FROM obsdb_source_cone(:ra, :dec, :radius)"  # as a researcher calls it
         fn2_params = {"ra": ra, "dec": dec, "radius": 2.0 / 3600}
         fn60_params = {"ra": ra, "dec": dec, "radius": 60.0 / 3600}
-        home = tempfile.mkdtemp(prefix="obsdb-bench-home-")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OBSDB_")}
         env.update(OBSDB_DATABASE_URL=url, OBSDB_HOME=home)
         lc_args = ["lc", f"{ra:.7f}", f"{dec:.7f}", "--format", "csv"]
@@ -336,16 +343,26 @@ def main() -> None:
         Row("obsdb lc RA DEC, whole command", lc_cmd, b_lc_cmd, "s", higher_is_better=False),
         Row("  of which obsdb --version (start, imports)", version_cmd, None, "s", higher_is_better=False),
     ]
-    print_table(
-        f"obsdb lc on {layout['n_measurements']:,} measurements, {layout['n_sources']:,} sources, "
-        f"{layout['n_frames']:,} frames ({layout['size']}; generated in {layout['generate_seconds']:.0f} s); "
-        "baseline: the same queries without ix_measurements_source_frame and ix_sources_healpix",
-        rows)
+    title = (f"obsdb lc on {layout['n_measurements']:,} measurements, {layout['n_sources']:,} sources, "
+             f"{layout['n_frames']:,} frames ({layout['size']}; generated in {layout['generate_seconds']:.0f} s); "
+             "baseline: the same queries without ix_measurements_source_frame and ix_sources_healpix")
     targets = [("obsdb lc in the database < 10 ms", lc_fresh + c2_fresh < 10),
                ("whole command < 1.5 s", lc_cmd < 1.5),
                ("cone < 5 ms (warm function, and the lookup of obsdb lc)", max(f2_ms, f60_ms, c2_fresh) < 5)]
-    print("\ntargets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in targets))
+    return title, rows, ["targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in targets)]
 
+
+def run(quick: bool = False) -> list[Row]:
+    """The rows of ``python -m benchmarks`` (10 M measurements; ``QUICK``'s sizes with ``quick``)."""
+    title, rows, notes = measure(_parser().parse_args(QUICK if quick else []))
+    print("\n".join(notes))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    title, rows, notes = measure(_parser().parse_args(argv))
+    print_table(title, rows)
+    print("\n" + "\n".join(notes))
 
 if __name__ == "__main__":
     main()

@@ -182,14 +182,20 @@ def _accuracy(truth: dict, x, y, flux, radii, flags=None) -> dict[str, float]:
             "flux_ratio": float(np.median(flux[iso, -1] / true_ap))}
 
 
-def main(argv=None) -> None:
+QUICK = ["--size", "1024", "--stars", "250"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048, help="frame side in pixels")
     parser.add_argument("--stars", type=int, default=1000, help="stars in the frame")
     parser.add_argument("--repeat", type=int, default=3, help="runs per step (median reported)")
     parser.add_argument("--no-baseline", action="store_true", help="time obsdb only")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def measure(args: argparse.Namespace) -> tuple[str, list, list[str]]:
+    """Time both chains on one frame; the table's title, rows and the notes below it."""
     t0 = time.perf_counter()
     sci, err, mask, truth = make_frame(args.size, args.stars)
     print(f"synthetic frame {args.size}x{args.size}, {args.stars} stars, in {time.perf_counter() - t0:.1f} s",
@@ -202,7 +208,7 @@ def main(argv=None) -> None:
             theirs, found = measure_frame_photutils(sci, err, mask, repeat=args.repeat)
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.common import Row, print_table
+    from benchmarks.common import Row
 
     def base(key):
         return None if theirs is None else theirs[key]
@@ -216,13 +222,14 @@ def main(argv=None) -> None:
             None if theirs is None else theirs["annulus"] + theirs["sums"], "s", higher_is_better=False),
         Row("total per frame", ours["total"], base("total"), "s", higher_is_better=False),
     ]
-    print_table(f"obsdb per-frame photometry vs a plain photutils script ({args.size}x{args.size}, "
-                f"{args.stars} stars, median of {args.repeat})", rows)
+    title = (f"obsdb per-frame photometry vs a plain photutils script ({args.size}x{args.size}, "
+             f"{args.stars} stars, median of {args.repeat})")
+    notes = []
     if theirs is not None:
-        print(f"baseline apertures = ApertureStats clipped annulus medians {theirs['annulus']:.3g} s "
-              f"+ aperture_photometry {theirs['sums']:.3g} s")
-    print(f"obsdb total in process CPU time: {ours['total_cpu']:.3g} s; {int(ours['n_stars'])} detections, "
-          f"FWHM {ours['fwhm']:.3f} px (true {FWHM})")
+        notes.append(f"baseline apertures = ApertureStats clipped annulus medians {theirs['annulus']:.3g} s "
+                     f"+ aperture_photometry {theirs['sums']:.3g} s")
+    notes.append(f"obsdb total in process CPU time: {ours['total_cpu']:.3g} s; {int(ours['n_stars'])} detections, "
+                 f"FWHM {ours['fwhm']:.3f} px (true {FWHM})")
 
     # Accuracy against the truth, both chains.
     from obsdb.photometry.apertures import measure_apertures
@@ -237,14 +244,28 @@ def main(argv=None) -> None:
                             annulus=default_annulus(ours["fwhm"], radii[-1]),
                             neighbours_xy=np.column_stack([stars["x"], stars["y"]]), saturation=SATURATION)
     acc = _accuracy(truth, res.x, res.y, res.flux, radii)
-    line = (f"obsdb:     completeness (S/N>10, isolated) {acc['completeness']:.3f}, bright-star centroid rms "
-            f"{acc['centroid_rms']:.4f} px, median flux / truth at 3 FWHM {acc['flux_ratio']:.4f}")
-    print(line)
+    notes.append(f"obsdb:     completeness (S/N>10, isolated) {acc['completeness']:.3f}, bright-star centroid rms "
+                 f"{acc['centroid_rms']:.4f} px, median flux / truth at 3 FWHM {acc['flux_ratio']:.4f}")
     if theirs is not None:
         acc_b = _accuracy(truth, found["x"], found["y"], found["flux"], found["radii"])
-        print(f"photutils: completeness (S/N>10, isolated) {acc_b['completeness']:.3f}, bright-star centroid rms "
-              f"{acc_b['centroid_rms']:.4f} px, median flux / truth at 3 FWHM {acc_b['flux_ratio']:.4f}")
+        notes.append(f"photutils: completeness (S/N>10, isolated) {acc_b['completeness']:.3f}, bright-star centroid "
+                     f"rms {acc_b['centroid_rms']:.4f} px, median flux / truth at 3 FWHM {acc_b['flux_ratio']:.4f}")
+    return title, rows, notes
 
+
+def run(quick: bool = False) -> list:
+    """The rows (``benchmarks.common.Row``) of ``python -m benchmarks``; ``QUICK``'s sizes with ``quick``."""
+    title, rows, notes = measure(_parser().parse_args(QUICK if quick else []))
+    print("\n".join(notes))
+    return rows
+
+
+def main(argv=None) -> None:
+    title, rows, notes = measure(_parser().parse_args(argv))
+    from benchmarks.common import print_table
+
+    print_table(title, rows)
+    print("\n".join(notes))
 
 if __name__ == "__main__":
     main()

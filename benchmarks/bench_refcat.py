@@ -190,7 +190,11 @@ def fetch_ms(conn: psycopg.Connection, sql: str, params) -> tuple[float, int]:
     return (time.perf_counter() - start) * 1e3, len(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
+FULL = ["--stars", "10000000"]
+QUICK = ["--stars", "200000", "--cones", "20", "--copy-rows", "100000"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stars", type=int, default=1_000_000)
     parser.add_argument("--format", choices=("fits", "csv"), default="fits")
@@ -198,7 +202,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch-deg", type=float, default=0.0, help="all stars in a square patch this wide")
     parser.add_argument("--copy-rows", type=int, default=500_000, help="rows for the COPY encoding comparison")
     parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def measure(args: argparse.Namespace) -> tuple[str, list[Row]]:
+    """Generate, load, time COPY and the cones; the table's title and rows."""
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="obsdb-bench-refcat-") as tmp:
@@ -278,8 +286,17 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(Row(f"cone {label}: cone_search() → astropy Table, median", statistics.median(py),
                                     None, "ms", higher_is_better=False))
     where = f"{args.patch_deg:g}° patch" if args.patch_deg > 0 else "all sky"
-    print_table(f"reference catalog: {args.stars:,} stars ({where}), {args.format.upper()}; cones at {args.cones} "
-                f"random centres; baseline: RA/Dec box on a btree (refcat_id, dec) / psycopg write_row", rows)
+    return (f"reference catalog: {args.stars:,} stars ({where}), {args.format.upper()}; cones at {args.cones} "
+            f"random centres; baseline: RA/Dec box on a btree (refcat_id, dec) / psycopg write_row", rows)
+
+
+def run(quick: bool = False) -> list[Row]:
+    """The rows of ``python -m benchmarks``: ``FULL`` (10 M stars), or ``QUICK`` with ``quick``."""
+    return measure(_parser().parse_args(QUICK if quick else FULL))[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    print_table(*measure(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -64,5 +64,8 @@ pass_app = click.make_pass_decorator(AppContext, ensure=True)
 
 
 def configure_logging(verbose: int, json_logs: bool = False) -> None:
-    level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Warnings and errors; -v adds progress (INFO), -vv debugging. One line per event,
+    as text or (``json_logs``) as JSON objects: see obsdb.logs."""
+    from obsdb.logs import configure_logging as configure
+
+    configure(max(logging.WARNING - 10 * verbose, logging.DEBUG), "json" if json_logs else "text")

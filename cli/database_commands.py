@@ -12,11 +12,25 @@ from obsdb.database.schema import current_revision, head_revision, upgrade_schem
 @click.option("--create-roles", is_flag=True,
               help="Also create or refresh the obsdb_researcher (read-only) and obsdb_pipeline roles and their "
                    "grants; needs a login that owns the tables and has CREATEROLE (deploy/roles.sql: the same SQL).")
+@click.option("--check", is_flag=True,
+              help="Change nothing: exit 0 when the schema is this version's, else exit 1 and say so "
+                   "(the services' start-up check, ExecStartPre= in deploy/obsdb-daemon.service).")
 @pass_app
-def init(app: AppContext, create_roles: bool) -> None:
+def init(app: AppContext, create_roles: bool, check: bool) -> None:
     """Create the obsdb schema, or upgrade it to this version's."""
+    if check and create_roles:
+        raise click.UsageError("--check changes nothing; run --create-roles without it")
     engine, _ = app.database(check_schema=False)
     before = current_revision(engine)
+    if check:
+        head = head_revision()
+        if before != head:
+            state = "empty" if before is None else f"at revision {before}"
+            raise click.ClickException(
+                f"the obsdb database schema is {state}, but this obsdb needs revision {head}: "
+                "run `obsdb init` to create or upgrade it")
+        click.echo(f"schema at revision {head}: current")
+        return
     upgrade_schema(engine)
     head = head_revision()
     where = f"embedded database in {app.settings.pgdata}" if app.settings.embedded else "database"

@@ -15,6 +15,16 @@ concurrency_option = click.option(
     help="Jobs run at once by this worker (threads).",
 )
 
+metrics_port_option = click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), envvar="OBSDB_METRICS_PORT",
+    help="Serve the status figures to Prometheus at http://HOST:PORT/metrics (default: $OBSDB_METRICS_PORT; "
+         "none without it).",
+)
+
+
+def _port_advice(exc: Exception) -> click.ClickException:
+    return click.ClickException(f"{exc}; choose another --metrics-port")
+
 
 def _runtime(app: AppContext, batch: bool = False):
     # One OpenMP thread per job: workers run jobs side by side (--concurrency, more
@@ -53,23 +63,35 @@ def process(app: AppContext, concurrency: int, progress: bool | None) -> None:
 
 @click.command("worker")
 @concurrency_option
+@metrics_port_option
 @pass_app
-def worker(app: AppContext, concurrency: int) -> None:
+def worker(app: AppContext, concurrency: int, metrics_port: int | None) -> None:
     """Run pipeline jobs until stopped (SIGTERM/SIGINT finish or release the current job)."""
+    from obsdb.metrics import MetricsPortError, serve_metrics
     from obsdb.pipeline.worker import run_worker
 
-    run_worker(_runtime(app), concurrency=concurrency)
+    runtime = _runtime(app)
+    try:
+        with serve_metrics(runtime.sessions, metrics_port):
+            run_worker(runtime, concurrency=concurrency)
+    except MetricsPortError as exc:
+        raise _port_advice(exc) from exc
 
 
 @click.command("daemon")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @concurrency_option
+@metrics_port_option
 @pass_app
-def daemon(app: AppContext, dirs: tuple[str, ...], concurrency: int) -> None:
+def daemon(app: AppContext, dirs: tuple[str, ...], concurrency: int, metrics_port: int | None) -> None:
     """Watch DIRS and run the pipeline: the whole observatory service in one process."""
+    from obsdb.metrics import MetricsPortError
     from obsdb.services.daemon import run_daemon
 
-    run_daemon(_runtime(app), list(dirs), concurrency=concurrency)
+    try:
+        run_daemon(_runtime(app), list(dirs), concurrency=concurrency, metrics_port=metrics_port)
+    except MetricsPortError as exc:
+        raise _port_advice(exc) from exc
 
 
 MASTER_COLUMNS = ("id", "kind", "filter", "exptime", "binning", "night", "n_inputs", "median", "version",

@@ -10,6 +10,7 @@ import logging
 import threading
 
 from obsdb.ingest import Ingestor
+from obsdb.metrics import serve_metrics
 from obsdb.pipeline.queue import FrameEnqueuer, make_app
 from obsdb.pipeline.runtime import Runtime
 from obsdb.pipeline.worker import run_worker
@@ -18,10 +19,12 @@ from obsdb.services.watcher import Watcher
 log = logging.getLogger("obsdb.daemon")
 
 
-def run_daemon(runtime: Runtime, dirs: list[str], *, concurrency: int = 1) -> None:
+def run_daemon(runtime: Runtime, dirs: list[str], *, concurrency: int = 1, metrics_port: int | None = None) -> None:
+    """Watch ``dirs`` and run jobs until stopped; with ``metrics_port``, serve the status
+    figures to Prometheus on that port meanwhile."""
     settings = runtime.settings
     app = make_app(settings)
-    with app.open():
+    with serve_metrics(runtime.sessions, metrics_port), app.open():
         ingestor = Ingestor(runtime.sessions, settings, on_new_frame=FrameEnqueuer(app, runtime.sessions))
         watch = settings.watch
         watcher = Watcher(

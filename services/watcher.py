@@ -58,10 +58,21 @@ def is_visible(root: str, path: str) -> bool:
 
 
 def _stamp(path: str) -> Stamp | None:
+    """(size, mtime) of the file, None when it is gone.
+
+    A name that cannot be followed (a symbolic link in a loop, a folder it cannot reach)
+    is stamped by the link itself, so that it is handed to ingest, which records why it
+    cannot be read, instead of being taken for a deleted file and ignored for ever.
+    """
     try:
         st = os.stat(path)
-    except OSError:
+    except FileNotFoundError:
         return None
+    except OSError:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
     return st.st_size, st.st_mtime_ns
 
 
@@ -344,7 +355,9 @@ def _is_final(path: str, size: int) -> bool:
         # An empty or truncated file is what a frame still being written looks like. Any
         # other fault (not FITS, corrupt gzip) will not go away by appending, once the
         # first card is there to be judged.
-        return exc.kind not in ("empty", "truncated") and size >= FIRST_CARD
+        # A file that cannot be opened (permissions, a link loop) will not open better later.
+        return exc.kind in ("permission", "unreadable") or (
+            exc.kind not in ("empty", "truncated") and size >= FIRST_CARD)
     except OSError:
         return True  # vanished or unreadable: ingest records which
     return True

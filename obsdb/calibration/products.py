@@ -4,14 +4,18 @@ A product is a primary HDU holding the frame's header plus provenance cards, and
 image extensions: ``SCI`` (float32), ``ERR`` (float32, 1-sigma, same units) and ``MASK``
 (uint8 bit flags). Writes go to a temporary file in the target's directory, are flushed
 and fsync'ed, then renamed over the target: a reader (or a crash) sees either the old
-product or the complete new one, never part of a file.
+product or the complete new one, never part of a file. A write that fails (a full disk)
+removes its temporary file; one whose process was killed leaves it, and the next write of
+the same product, or the workers' sweep of old temporaries, removes it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,10 @@ from astropy.io import fits
 
 import obsdb
 
-__all__ = ["read_product", "write_master", "write_product", "write_reduced"]
+__all__ = ["read_product", "remove_stale_temporaries", "write_master", "write_product", "write_reduced"]
+
+_TEMP_SUFFIX = ".tmp"
+_WRITE_CHUNK = 4 << 20
 
 # Structural keywords that belong to the HDU being written, not to the copied header.
 _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "NAXIS3", "EXTEND", "BZERO", "BSCALE",
@@ -115,12 +122,39 @@ def write_product(path: str | os.PathLike, sci: np.ndarray, err: np.ndarray | No
     return path
 
 
+def _temporaries_of(path: Path) -> list[Path]:
+    """Temporary files of earlier writes of ``path`` (see :func:`_write_atomically`)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return [directory / n for n in names if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)]
+
+
 def _write_atomically(hdul: fits.HDUList, path: Path) -> None:
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    # One product is written by one job at a time (the job's lock is the frame's or the
+    # master group's), so a temporary file of the same product is what a killed writer
+    # left behind: remove it before it fills the disk.
+    for stale in _temporaries_of(path):
+        try:
+            stale.unlink()
+        except FileNotFoundError:
+            pass
+    # Serialised in memory first, then written by Python's own file object: when the disk
+    # is full, numpy's tofile() (which astropy uses on real files) raises an OSError with
+    # no errno ("65536 requested and 8400 written"), and astropy's clean-up then fails on
+    # it with an AttributeError, so that nobody could tell a full disk from a bug.
+    buffer = io.BytesIO()
+    hdul.writeto(buffer, output_verify="exception")
+    data = buffer.getbuffer()
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            hdul.writeto(f, output_verify="exception")
+            for start in range(0, len(data), _WRITE_CHUNK):
+                f.write(data[start:start + _WRITE_CHUNK])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -136,6 +170,31 @@ def _write_atomically(hdul: fits.HDUList, path: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporaries(root: str | os.PathLike, older_than_seconds: float) -> list[Path]:
+    """Remove temporary product files under ``root`` not modified for ``older_than_seconds``.
+
+    A writer streams into its temporary file and renames it at once, so one untouched for
+    minutes belongs to a process that was killed mid-write. Returns the files removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than_seconds
+    removed = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if not (name.startswith(".") and name.endswith(_TEMP_SUFFIX)):
+                continue
+            candidate = Path(dirpath) / name
+            try:
+                if candidate.stat().st_mtime < cutoff:
+                    candidate.unlink()
+                    removed.append(candidate)
+            except FileNotFoundError:
+                continue
+    return removed
 
 
 def read_product(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, fits.Header]:

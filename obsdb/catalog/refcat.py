@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from obsdb.catalog.healpix import healpix_index
+from obsdb.database.copy import PGCOPY_HEADER, PGCOPY_TRAILER, CopyColumn, encode_copy_rows
 from obsdb.models.catalog import RefCatalog
 
 log = logging.getLogger(__name__)
@@ -498,121 +498,7 @@ def _id_column(col) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- binary COPY ----------------------------------------------------------------------
-
-PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-PGCOPY_TRAILER = struct.pack("!h", -1)
-_FLOAT4_OID = 700
-
-
-@dataclass
-class CopyColumn:
-    """One column for :func:`encode_copy_rows`.
-
-    ``kind`` is ``int8``, ``int4``, ``float8`` (no NULLs), ``float4`` (NaN → NULL),
-    ``text`` (an 'S' array of UTF-8 bytes; ``null`` marks NULLs; ``None`` values = all
-    NULL) or ``float4[]`` (2-D float array, one array per row, NaN elements → NULL; with
-    ``null=True`` the whole column is NULL).
-    """
-
-    kind: str
-    values: Any
-    null: Any = None
-
-
-def encode_copy_rows(columns: Sequence[CopyColumn], n: int) -> bytes:
-    """Rows in PostgreSQL's binary COPY format (no header or trailer), built with numpy.
-
-    The rows are laid out in a numpy structured array of fixed width (big-endian fields,
-    each preceded by its length) and the bytes that variable-length values (shorter text,
-    NULLs) do not use are dropped with one boolean mask, so no Python object is made per
-    row.
-    """
-    fields: list[tuple[str, Any]] = [("nf", ">i2")]
-    fills: list[tuple[str, Any]] = [("nf", len(columns))]
-    drops: list[tuple[str, np.ndarray]] = []  # (field name, rows whose bytes are dropped per element)
-    text_fields: list[tuple[str, np.ndarray]] = []
-    for c, col in enumerate(columns):
-        ln, v = f"l{c}", f"v{c}"
-        if col.kind == "int8":
-            fields += [(ln, ">i4"), (v, ">i8")]
-            fills += [(ln, 8), (v, col.values)]
-        elif col.kind == "int4":
-            fields += [(ln, ">i4"), (v, ">i4")]
-            fills += [(ln, 4), (v, col.values)]
-        elif col.kind == "float8":
-            fields += [(ln, ">i4"), (v, ">f8")]
-            fills += [(ln, 8), (v, col.values)]
-        elif col.kind == "float4":
-            vals = np.asarray(col.values, dtype=np.float32)
-            null = ~np.isfinite(vals)
-            fields += [(ln, ">i4"), (v, ">f4")]
-            fills += [(ln, np.where(null, -1, 4)), (v, np.where(null, 0, vals))]
-            drops.append((v, null))
-        elif col.kind == "text":
-            if col.values is None:
-                fields += [(ln, ">i4")]
-                fills += [(ln, -1)]
-                continue
-            vals = np.asarray(col.values)
-            width = max(vals.dtype.itemsize, 1)
-            vals = vals.astype(f"S{width}", copy=False)
-            lengths = _byte_lengths(vals)
-            null = np.zeros(n, bool) if col.null is None else np.asarray(col.null, bool)
-            fields += [(ln, ">i4"), (v, f"S{width}")]
-            fills += [(ln, np.where(null, -1, lengths)), (v, vals)]
-            text_fields.append((v, np.where(null, 0, lengths)))
-        elif col.kind == "float4[]":
-            if col.null is True:
-                fields += [(ln, ">i4")]
-                fills += [(ln, -1)]
-                continue
-            vals = np.asarray(col.values, dtype=np.float32).reshape(n, -1)
-            nb = vals.shape[1]
-            null = ~np.isfinite(vals)
-            header = [(f"{v}nd", ">i4"), (f"{v}fl", ">i4"), (f"{v}oid", ">i4")]
-            if nb:
-                header += [(f"{v}dim", ">i4"), (f"{v}lb", ">i4")]
-            fields += [(ln, ">i4"), *header]
-            fills += [(ln, (12 + (8 if nb else 0) + 8 * nb) - 4 * null.sum(axis=1)),
-                      (f"{v}nd", 1 if nb else 0), (f"{v}fl", 0), (f"{v}oid", _FLOAT4_OID)]
-            if nb:
-                fills += [(f"{v}dim", nb), (f"{v}lb", 1)]
-            for b in range(nb):
-                fields += [(f"{v}l{b}", ">i4"), (f"{v}e{b}", ">f4")]
-                fills += [(f"{v}l{b}", np.where(null[:, b], -1, 4)), (f"{v}e{b}", np.where(null[:, b], 0, vals[:, b]))]
-                drops.append((f"{v}e{b}", null[:, b]))
-        else:
-            raise ValueError(f"unknown COPY column kind {col.kind!r}")
-    rec = np.empty(n, dtype=np.dtype(fields))
-    for name, value in fills:
-        rec[name] = value
-    if n == 0:
-        return b""
-    if not drops and not text_fields:
-        return rec.tobytes()
-    raw = rec.view(np.uint8).reshape(n, rec.dtype.itemsize)
-    keep = np.ones(raw.shape, bool)
-    for name, rows in drops:
-        off = rec.dtype.fields[name][1]
-        size = rec.dtype[name].itemsize
-        keep[rows, off:off + size] = False
-    for name, lengths in text_fields:
-        off = rec.dtype.fields[name][1]
-        width = rec.dtype[name].itemsize
-        keep[:, off:off + width] = np.arange(width)[None, :] < lengths[:, None]
-    return raw[keep].tobytes()
-
-
-def _byte_lengths(values: np.ndarray) -> np.ndarray:
-    """Length of each 'S' string (numpy pads them with NUL bytes)."""
-    n, width = len(values), values.dtype.itemsize
-    if n == 0:
-        return np.zeros(0, np.int64)
-    b = values.view(np.uint8).reshape(n, width)
-    nonzero = b != 0
-    last = width - np.argmax(nonzero[:, ::-1], axis=1)
-    return np.where(nonzero.any(axis=1), last, 0)
-
+# The encoder is shared with the measurement writer: obsdb.database.copy (names kept here).
 
 # -- one chunk of stars -----------------------------------------------------------------
 

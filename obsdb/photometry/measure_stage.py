@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from astropy.io import fits
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,7 +51,7 @@ NEW_SOURCE_MIN_SNR = 5.0
 @dataclass(frozen=True)
 class FrameMeasured:
     frame_id: int
-    state: str  # measured | needs_wcs | skipped
+    state: str  # measured | needs_wcs | failed | skipped
     reason: str | None = None
     field: str | None = None
     filter: str | None = None
@@ -109,6 +109,14 @@ def measure_frame(sessions: sessionmaker, settings: Settings, frame_id: int) -> 
     if frame is None or frame.superseded_at is not None or reduction is None:
         return FrameMeasured(frame_id, "skipped", "frame gone, superseded or not reduced")
     sci, err, mask, header = read_product(reduction.path)
+    if not np.isfinite(sci).any():
+        # Nothing a WCS or another attempt could fix (and "needs a WCS" would have the
+        # frame measured again every time its field gets a new frame): the camera or the
+        # software wrote no image. Failed, with the reason, for a person to look at.
+        reason = "the image has no finite pixel (all NaN or infinite): nothing to measure"
+        log.warning("frame %d: %s", frame_id, reason)
+        _mark(sessions, frame_id, "failed", reason)
+        return FrameMeasured(frame_id, "failed", reason, field_key(frame), frame.filter)
     if err is None:
         err = np.sqrt(np.clip(sci, 0, None) / (frame.gain or 1.0) + (frame.read_noise or 10.0) ** 2).astype(np.float32)
     if mask is None:
@@ -363,5 +371,7 @@ def _finite(v) -> float | None:
 
 def _upsert(session: Session, model, values: dict) -> None:
     stmt = insert(model).values(**values)
-    session.execute(stmt.on_conflict_do_update(index_elements=["frame_id"],
-                                               set_={c: stmt.excluded[c] for c in values if c != "frame_id"}))
+    changes = {c: stmt.excluded[c] for c in values if c != "frame_id"}
+    if "created_at" in model.__table__.c:  # a replaced row is a new product: say when it was made
+        changes["created_at"] = func.now()
+    session.execute(stmt.on_conflict_do_update(index_elements=["frame_id"], set_=changes))

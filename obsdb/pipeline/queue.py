@@ -55,7 +55,21 @@ def _defer(app: procrastinate.App, task: str, *, lock: str, priority: int, sched
         ).defer(**kwargs)
         return True
     except AlreadyEnqueued:
-        return False  # the same work is already waiting in the queue
+        # The same work is already waiting in the queue, but perhaps for later: a light
+        # frame waiting out its grace time for calibrations is asked for again when its
+        # masters are built, and must then run now, not when the grace time ends.
+        _bring_forward(app, queueing_lock or lock, schedule_at)
+        return False
+
+
+def _bring_forward(app: procrastinate.App, queueing_lock: str, schedule_at) -> None:
+    """Move the waiting job holding ``queueing_lock`` to ``schedule_at`` (None: now) if it
+    is scheduled later than that."""
+    app.connector.get_sync_connector().execute_query(
+        "UPDATE procrastinate_jobs SET scheduled_at = coalesce(%(at)s, now()) "
+        "WHERE queueing_lock = %(lock)s AND status = 'todo' AND scheduled_at > coalesce(%(at)s, now())",
+        lock=queueing_lock, at=schedule_at,
+    )
 
 
 def enqueue_frame(app: procrastinate.App, frame: Frame, schedule_at=None) -> bool:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
+import psycopg
+from procrastinate.exceptions import ConnectorException
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 
 from obsdb.calibration.master_stage import build_master, stale_dependents
@@ -27,11 +31,58 @@ log = logging.getLogger("obsdb.pipeline")
 RECHECK = timedelta(seconds=2)
 
 
+# Errors of the machine, not of the frame: the disk (or the file-size limit) is full, or
+# the database connection is gone. They are retried for as long as they last, the wait
+# doubling up to TRANSIENT_RETRY_LONGEST, and never make a frame 'failed': an observatory
+# that runs out of disk overnight must carry on when space is freed in the morning.
+_FULL_DISK = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+TRANSIENT_RETRY_LONGEST = 300.0
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) and getattr(
+            exc, "connection_invalidated", False):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        exc = exc.orig  # type: ignore[assignment]
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        # No SQLSTATE: the connection could not be made or broke (refused, reset, pool
+        # timeout); class 08: connection exception; 57P01-3: the server is shutting down.
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    return False
+
+
+def transient_error(exc: BaseException) -> str | None:
+    """What is wrong with the machine, when ``exc`` (or what caused it) is a full disk or
+    a lost database connection; None for an error of the frame or of the code."""
+    for e in _causes(exc):
+        if isinstance(e, OSError) and e.errno in _FULL_DISK:
+            return "no space to write"
+        if isinstance(e, ConnectorException) or _connection_lost(e):
+            return "database unavailable"
+    return None
+
+
 class SettingsRetry(BaseRetryStrategy):
-    """Retry with exponential back-off, as many times as the settings allow."""
+    """Retry with exponential back-off, as many times as the settings allow; transient
+    errors (:func:`transient_error`) for as long as they last."""
 
     def get_retry_decision(self, *, exception: BaseException, job) -> RetryDecision | None:
         cal = runtime().settings.calibration
+        if transient_error(exception):
+            wait = min(cal.retry_wait_seconds * 2 ** min(job.attempts, 30), TRANSIENT_RETRY_LONGEST)
+            return RetryDecision(retry_in={"seconds": wait})
         if job.attempts + 1 >= cal.max_attempts:
             return None
         return RetryDecision(retry_in={"seconds": cal.retry_wait_seconds * 2 ** job.attempts})
@@ -39,13 +90,17 @@ class SettingsRetry(BaseRetryStrategy):
 
 def _record_attempt(frame_id: int, exc: BaseException, attempt: int) -> bool:
     """Say on the frame what went wrong; on the last attempt, mark it failed. True if the
-    job will be retried."""
+    job will be retried (always, for a transient error)."""
     rt = runtime()
-    last = attempt >= rt.settings.calibration.max_attempts
+    transient = transient_error(exc)
+    last = attempt >= rt.settings.calibration.max_attempts and transient is None
     summary = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     origin = f" at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno}" if where else ""
-    reason = f"attempt {attempt}/{rt.settings.calibration.max_attempts}: {summary}{origin}"
+    if transient is not None:
+        reason = f"attempt {attempt}: {transient}, will retry until it clears: {summary}{origin}"
+    else:
+        reason = f"attempt {attempt}/{rt.settings.calibration.max_attempts}: {summary}{origin}"
     values: dict[str, Any] = {"tries": Frame.tries + 1, "state_reason": reason[:2000]}
     if last:
         values["state"] = "failed"

@@ -1,23 +1,40 @@
 """Running workers: forever (`obsdb worker`, the daemon) or until the queue is empty
 (`obsdb process`). Both sweep for frames no job will reach and give the jobs of dead
-workers to live ones."""
+workers to live ones.
+
+A worker that runs forever outlives its database: procrastinate's worker loop ends (or
+raises) when the server goes away (its heartbeat, its listener or its next fetch fails),
+so :func:`_run_forever` starts a new one, with back-off, until it is asked to stop. The
+jobs the old loop was running stay 'doing' under a worker whose heartbeat has stopped,
+and are recovered like the jobs of a killed worker once the server is back.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import procrastinate
+from procrastinate import signals
 from procrastinate.worker import Worker
 from sqlalchemy import text
 
+from obsdb.calibration.products import remove_stale_temporaries
 from obsdb.config import Settings
 from obsdb.models import Frame
 from obsdb.pipeline import queue
 from obsdb.pipeline.runtime import Runtime, set_runtime
 
 log = logging.getLogger("obsdb.pipeline")
+
+# Back-off before a worker loop that lost the database is started again (seconds).
+RESTART_FIRST, RESTART_LONGEST = 1.0, 30.0
+# A loop that ran this long before it ended is healthy again: its back-off starts over.
+RESTART_HEALTHY_AFTER = 60.0
+# Temporary product files untouched this long belong to a writer that died (kill -9).
+STALE_TEMPORARY_SECONDS = 600.0
 
 
 def reconcile(runtime: Runtime) -> int:
@@ -84,6 +101,42 @@ async def recover_stalled(app: procrastinate.App, runtime: Runtime) -> int:
     return recovered
 
 
+def _doing_for(runtime: Runtime, worker_id: int) -> dict[int, str]:
+    with runtime.sessions() as session:
+        return dict(session.execute(
+            text("SELECT id, task_name FROM procrastinate_jobs WHERE status = 'doing' AND worker_id = :w"),
+            {"w": worker_id},
+        ).all())
+
+
+async def recover_unrecorded(runtime: Runtime, running: list[Worker], suspects: set[int]) -> set[int]:
+    """Put back in the queue the jobs a live worker of ours holds as 'doing' in the database
+    although it runs them no more: the database went away as the job ended, so its result
+    (success, failure or retry) could not be written, and procrastinate does not try again.
+    Nobody else would ever take such a job: its worker's heartbeat goes on.
+
+    A job is taken back when it is seen so on two beats in a row (a job just fetched is
+    'doing' in the database a moment before the worker holds it). Returns this beat's
+    suspects, for the next one.
+    """
+    seen: set[int] = set()
+    for worker in running:
+        worker_id = worker.worker_id
+        if worker_id is None:
+            continue
+        held = {ctx.job.id for ctx in dict(getattr(worker, "_running_jobs", {}) or {}).values()}
+        doing = await asyncio.to_thread(_doing_for, runtime, worker_id)
+        for job_id, task_name in doing.items():
+            if job_id in held:
+                continue
+            if job_id not in suspects:
+                seen.add(job_id)
+            elif await asyncio.to_thread(_requeue_lost_job, runtime, job_id, worker_id):
+                log.warning("job %s (%s) ended but its result could not be saved (database unavailable); "
+                            "retrying it", job_id, task_name)
+    return seen
+
+
 def _worker_options(settings: Settings, concurrency: int, wait: bool) -> dict:
     return dict(
         concurrency=concurrency,
@@ -92,14 +145,29 @@ def _worker_options(settings: Settings, concurrency: int, wait: bool) -> dict:
         stalled_worker_timeout=settings.queue.stalled_seconds,
         fetch_job_polling_interval=1.0,
         listen_notify=True,
-        install_signal_handlers=wait,
+        # A worker that runs forever gets SIGTERM/SIGINT from _run_forever, which outlives
+        # the procrastinate workers it starts one after the other.
+        install_signal_handlers=False,
         delete_jobs="never",  # finished jobs stay as the audit trail of what ran
     )
+
+
+def sweep_temporaries(runtime: Runtime) -> None:
+    """Remove the temporary files of product writes that a killed process left behind."""
+    try:
+        removed = remove_stale_temporaries(runtime.settings.products_dir, STALE_TEMPORARY_SECONDS)
+    except OSError as exc:
+        log.warning("could not sweep %s for stale temporary files: %s", runtime.settings.products_dir, exc)
+        return
+    for path in removed:
+        log.warning("removed %s, left by a product write that never finished", path)
 
 
 async def _housekeeping(app: procrastinate.App, runtime: Runtime, running: list[Worker]) -> None:
     """Every heartbeat: beat for our worker, recover stalled jobs; every few minutes: reconcile."""
     beats = 0
+    failing_since: float | None = None
+    suspects: set[int] = set()
     while True:
         await asyncio.sleep(runtime.settings.queue.heartbeat_seconds)
         beats += 1
@@ -112,10 +180,82 @@ async def _housekeeping(app: procrastinate.App, runtime: Runtime, running: list[
                 if worker.worker_id is not None:
                     await app.job_manager.update_heartbeat(worker.worker_id)
             await recover_stalled(app, runtime)
+            suspects = await recover_unrecorded(runtime, running, suspects)
             if beats % 30 == 0:
                 await asyncio.to_thread(reconcile, runtime)
-        except Exception:  # the database may be down for a while: try again next beat
-            log.exception("housekeeping failed; will retry")
+                await asyncio.to_thread(sweep_temporaries, runtime)
+        except Exception as exc:  # the database may be down for a while: try again next beat
+            if failing_since is None:
+                failing_since = time.monotonic()
+                log.exception("housekeeping failed; will retry every %.0f s", runtime.settings.queue.heartbeat_seconds)
+            else:
+                log.warning("housekeeping still failing (%.0f s): %s", time.monotonic() - failing_since,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            continue
+        if failing_since is not None:
+            log.warning("housekeeping works again after %.0f s", time.monotonic() - failing_since)
+            failing_since = None
+
+
+async def _run_forever(runtime: Runtime, run_one: Callable[[], Awaitable[None]], running: list[Worker]) -> None:
+    """Run procrastinate workers one after the other until SIGTERM/SIGINT.
+
+    procrastinate's worker ends when it loses the database: its next fetch raises, or a
+    side task (heartbeat, listener) fails and stops it, and then unregistering raises
+    too. Each time, a new worker is started after a back-off (1 s, doubling up to 30 s),
+    so that a database restart costs a pause, not the service.
+    """
+    stop = asyncio.Event()
+
+    def request_stop() -> None:
+        stop.set()
+        for worker in running:
+            worker.stop()
+
+    failures = 0
+    # procrastinate's own helper: the first signal asks for a clean stop, and uninstalls
+    # itself, so that a second one stops the process at once.
+    with signals.on_stop(request_stop):
+        while True:
+            started = time.monotonic()
+            loop_task = asyncio.ensure_future(run_one())
+            stop_task = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() and not loop_task.done():
+                # Asked again now that the new worker has started: a stop requested before
+                # its run() began would have been forgotten (run() clears old requests).
+                for worker in running:
+                    worker.stop()
+            stop_task.cancel()
+            try:
+                await loop_task
+                why = "its worker loop ended by itself (a heartbeat or the listener failed)"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if stop.is_set():
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                why = f"its worker loop failed: {type(exc).__name__}: {first}"
+            if stop.is_set():
+                return
+            failures = 1 if time.monotonic() - started > RESTART_HEALTHY_AFTER else failures + 1
+            delay = min(RESTART_FIRST * 2 ** (failures - 1), RESTART_LONGEST)
+            log.error("the worker lost the database: %s; starting it again in %.0f s", why, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+                return  # asked to stop while waiting
+            except TimeoutError:
+                pass
+            try:
+                # What the database missed meanwhile: frames registered whose job could not
+                # be queued. (The lost loop's own jobs come back through recover_stalled.)
+                await asyncio.to_thread(reconcile, runtime)
+            except Exception as exc:
+                log.warning("database still unavailable (%s); trying again", str(exc).strip().splitlines()[0]
+                            if str(exc).strip() else type(exc).__name__)
+                continue
+            log.warning("database reachable again; starting a new worker loop")
 
 
 def _active_jobs(runtime: Runtime) -> tuple[int, float | None]:
@@ -141,12 +281,13 @@ async def _run(runtime: Runtime, concurrency: int, until_empty: bool,
         running[:] = [worker]
         await worker.run()
 
+    await asyncio.to_thread(sweep_temporaries, runtime)
     async with app.open_async():
         await recover_stalled(app, runtime)
         housekeeping = asyncio.create_task(_housekeeping(app, runtime, running))
         try:
             if not until_empty:
-                await run_one(wait=True)
+                await _run_forever(runtime, lambda: run_one(wait=True), running)
                 return
             while True:
                 await run_one(wait=False)
