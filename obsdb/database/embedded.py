@@ -36,7 +36,10 @@ def embedded_url(pgdata: Path) -> str:
     pgdata = pgdata.resolve()
     server = _servers.get(pgdata)
     if server is None:
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # pgserver checks and then creates the directory outside its lock, so two processes
+        # starting on a fresh home can race there; creating it first, tolerantly, closes
+        # that gap (initdb itself runs under pgserver's lock).
+        pgdata.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(pgdata, cleanup_mode="stop")
         _servers[pgdata] = server
         log.debug("embedded PostgreSQL running in %s", pgdata)
