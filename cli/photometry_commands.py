@@ -53,15 +53,29 @@ def add(app: AppContext, name: str | None, ra: str | None, dec: str | None, csv_
         positions = [(n, *parse_position(r, d)) for n, r, d in wanted]
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    from obsdb.photometry.catch_up import frames_missing_source
+    from obsdb.pipeline.queue import enqueue_measure, make_app
+
+    added = []
     with app.sessions()() as session, session.begin():
         for n, r, d in positions:
             try:
-                done = add_target(session, n, r, d)
+                added.append((add_target(session, n, r, d), r, d))
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from exc
-            what = "new source" if done.created_source else "known source"
-            click.echo(f"target {done.name} at {r:.6f} {d:+.6f}: {what} {done.source_id}"
-                       f"{' (moved)' if done.replaced else ''}")
+    # Frames measured before the target existed have no point of it: measure them again.
+    with app.sessions()() as session:
+        missing = {done.name: frames_missing_source(session, done.source_id) for done, _, _ in added}
+    if any(missing.values()):
+        with make_app(app.settings).open() as queue_app:
+            for frame_id in sorted({f for frames in missing.values() for f in frames}):
+                enqueue_measure(queue_app, frame_id)
+    for done, r, d in added:
+        what = "new source" if done.created_source else "known source"
+        again = (f"; {len(missing[done.name])} frame(s) queued to be measured at it (`obsdb process` or the "
+                 "daemon runs them)" if missing[done.name] else "")
+        click.echo(f"target {done.name} at {r:.6f} {d:+.6f}: {what} {done.source_id}"
+                   f"{' (moved)' if done.replaced else ''}{again}")
 
 
 @click.group("wcs")

@@ -93,6 +93,12 @@ def create_sources(session: Session, ra, dec, *, frame_id: int | None, refcat_id
     return np.sort(np.asarray(rows, dtype=np.int64))
 
 
+def newest_source_id(session: Session) -> int:
+    """The largest source id (0 when there is none). Under :func:`lock_sources` ids rise
+    in the order sources were created, so this marks what a measurement has seen."""
+    return int(session.scalar(text("SELECT coalesce(max(id), 0) FROM sources")))
+
+
 def delete_orphans_of(session: Session, frame_id: int) -> int:
     """Remove sources a frame created that nothing else uses (before the frame is measured
     again), so a re-run leaves no orphans behind."""

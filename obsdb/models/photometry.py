@@ -51,6 +51,9 @@ class FrameSolution(Base):
     sky: Mapped[float | None]  # ADU per pixel
     sky_rms: Mapped[float | None]
     n_detections: Mapped[int]
+    # The largest sources.id when the frame was measured: every source up to it was
+    # measured on the frame where it falls on it (obsdb.photometry.catch_up).
+    sources_upto: Mapped[int | None] = mapped_column(BigInteger)
     # Magnitudes from the reported aperture to the largest one (bright isolated stars),
     # already in measurements.inst_mag, so zero points refer to (nearly) total flux.
     aperture_correction: Mapped[float | None]
@@ -114,8 +117,11 @@ class Measurement(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
-    source_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("sources.id", ondelete="CASCADE"))
+    # References to frames(id) and sources(id), with ON DELETE CASCADE, kept by triggers
+    # that check once per statement rather than by foreign keys that check once per row
+    # (migration 0006): a frame's rows arrive in one COPY.
+    frame_id: Mapped[int] = mapped_column(BigInteger)
+    source_id: Mapped[int] = mapped_column(BigInteger)
     x: Mapped[float] = mapped_column(REAL)  # 0-based pixel
     y: Mapped[float] = mapped_column(REAL)
     ra: Mapped[float]

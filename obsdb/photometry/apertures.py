@@ -49,7 +49,7 @@ How the numbers are made
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sep
@@ -110,6 +110,21 @@ class ApertureResult:
     radii: np.ndarray
     annulus: tuple[float, float]
     shift: np.ndarray
+
+    def take(self, index) -> ApertureResult:
+        """The stars ``index`` (an index or boolean array), in that order."""
+        return replace(self, **{name: getattr(self, name)[index] for name in _PER_STAR})
+
+    def append(self, other: ApertureResult) -> ApertureResult:
+        """These stars followed by ``other``'s, measured with the same apertures."""
+        if not np.array_equal(self.radii, other.radii) or self.annulus != other.annulus:
+            raise ValueError("cannot join photometry made with different apertures")
+        return replace(self, **{name: np.concatenate([getattr(self, name), getattr(other, name)])
+                                for name in _PER_STAR})
+
+
+#: ApertureResult's per-star fields (first axis: the star).
+_PER_STAR = ("x", "y", "flux", "flux_err", "flags", "snr", "bkg", "bkg_err", "n_sky", "shift")
 
 
 def _check_inputs(sci, err, mask, x, y, radii, annulus, scintillation, neighbours_xy, saturation):

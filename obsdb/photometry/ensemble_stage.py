@@ -23,6 +23,7 @@ from obsdb.models.photometry import Ensemble, FrameSolution, Measurement, Source
 from obsdb.photometry import flags as F
 from obsdb.photometry.ensemble import calibrate, solve_ensemble
 from obsdb.photometry.measure_stage import NOT_CALIBRATOR, inst_mag
+from obsdb.photometry.frame_wcs import field_cone
 from obsdb.photometry.refstars import reference_stars
 from obsdb.provenance import VERSION, config_hash
 
@@ -44,17 +45,6 @@ class EnsembleSolved:
     n_stars: int = 0
     tied_to_catalog: bool = False
     reason: str | None = None
-
-
-def _field_cone(rows) -> tuple[float, float, float]:
-    ra = np.radians([r.ra_center for r in rows])
-    dec = np.radians([r.dec_center for r in rows])
-    v = np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).mean(axis=0)
-    v /= np.linalg.norm(v)
-    ra0, dec0 = np.degrees(np.arctan2(v[1], v[0])) % 360.0, np.degrees(np.arcsin(v[2]))
-    cos_d = np.sin(np.radians(dec0)) * np.sin(dec) + np.cos(np.radians(dec0)) * np.cos(dec) * np.cos(ra - np.radians(ra0))
-    spread = np.degrees(np.arccos(np.clip(cos_d, -1, 1)))
-    return float(ra0), float(dec0), float((spread + np.array([r.radius_deg for r in rows])).max())
 
 
 def solve_field(sessions: sessionmaker, settings: Settings, field: str, filter_name: str) -> EnsembleSolved:
@@ -81,7 +71,7 @@ def solve_field(sessions: sessionmaker, settings: Settings, field: str, filter_n
             .where(Measurement.frame_id.in_(frame_ids.tolist()))
         ).all()
         mjd = np.nanmedian([f.mjd_mid if f.mjd_mid is not None else np.nan for f in frames])
-        refstars = reference_stars(session, settings, band, _field_cone(frames), None if np.isnan(mjd) else mjd)
+        refstars = reference_stars(session, settings, band, field_cone(frames), None if np.isnan(mjd) else mjd)
     if not rows:
         return EnsembleSolved(field, filter_name, len(frames), reason="no measurements")
 

@@ -5,13 +5,19 @@
    errors of tens of pixels and small rotations are common).
 3. The star pattern of a solved frame of the same field (same OBJECT or pointing within
    ``photometry.same_field_deg``), then refined against the catalog when there is one.
-4. The header pointing and pixel scale (FOCALLEN and XPIXSZ), refined against the catalog.
+4. With no catalog, the header's WCS as it is. It comes after the alignment: header
+   solutions of one field disagree by their pointing errors (several pixels, often
+   tens), more than the crossmatch radius, and each frame would then create its own
+   copy of every star. Aligned to one frame, the field's frames agree to a fraction of
+   a pixel, and the sky positions are as good as that frame's header.
+5. The header pointing and pixel scale (FOCALLEN and XPIXSZ), refined against the catalog.
 
 When none works the frame waits in ``needs_wcs`` with a reason that says what to do.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +73,19 @@ def footprint(wcs: WCS, shape: tuple[int, int]) -> tuple[float, float, float]:
     return float(ra[0] % 360.0), float(dec[0]), radius
 
 
+def field_cone(rows) -> tuple[float, float, float]:
+    """(ra, dec, radius) in degrees of a cone holding the footprints of ``rows`` (each with
+    ``ra_center``, ``dec_center`` and ``radius_deg``, as frame_solutions has them)."""
+    ra = np.radians([r.ra_center for r in rows])
+    dec = np.radians([r.dec_center for r in rows])
+    v = np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).mean(axis=0)
+    v /= np.linalg.norm(v)
+    ra0, dec0 = np.degrees(np.arctan2(v[1], v[0])) % 360.0, np.degrees(np.arcsin(v[2]))
+    cos_d = np.sin(np.radians(dec0)) * np.sin(dec) + np.cos(np.radians(dec0)) * np.cos(dec) * np.cos(ra - np.radians(ra0))
+    spread = np.degrees(np.arccos(np.clip(cos_d, -1, 1)))
+    return float(ra0), float(dec0), float((spread + np.array([r.radius_deg for r in rows])).max())
+
+
 def _refine(initial: WCS, method: str, stars, refstars, shape, ph: PhotometrySettings,
             reference_frame_id: int | None = None) -> FrameWcs:
     sol = refine_wcs(stars["x"], stars["y"], stars["flux"], refstars.ra, refstars.dec, refstars.rank_mag,
@@ -76,7 +95,8 @@ def _refine(initial: WCS, method: str, stars, refstars, shape, ph: PhotometrySet
 
 
 def _same_field_reference(session: Session, frame: Frame, ph: PhotometrySettings) -> FrameSolution | None:
-    """The most recent solved frame (not aligned itself when possible) of the same field."""
+    """A solved frame of the same field (not aligned itself when possible, and not
+    aligned to this one), the one with most detections."""
     same_object = FrameSolution.field == field_key(frame)
     near = None
     if frame.ra is not None and frame.dec is not None:
@@ -90,7 +110,10 @@ def _same_field_reference(session: Session, frame: Frame, ph: PhotometrySettings
         select(FrameSolution)
         .join(Frame, Frame.id == FrameSolution.frame_id)
         .where(cond, Frame.instrument_id == frame.instrument_id, FrameSolution.frame_id != frame.id,
-               Frame.superseded_at.is_(None))
+               Frame.superseded_at.is_(None),
+               # not one aligned to this frame: measured again, the field's first frame
+               # keeps its own solution rather than take it back from a copy
+               FrameSolution.reference_frame_id.is_distinct_from(frame.id))
         .order_by((FrameSolution.method == "aligned").asc(), FrameSolution.n_detections.desc())
         .limit(1)
     )
@@ -102,12 +125,22 @@ def _reference_stars(session: Session, reference: FrameSolution, ph: PhotometryS
     reduction = session.scalar(select(Reduction).where(Reduction.frame_id == reference.frame_id))
     if reduction is None or not Path(reduction.path).is_file():
         return None
-    sci, err, mask, _ = read_product(reduction.path)
+    product = Path(reduction.path)
+    return _point_sources(str(product), product.stat().st_mtime_ns, ph.detect_threshold, ph.detect_min_area)
+
+
+@functools.lru_cache(maxsize=8)
+def _point_sources(path: str, mtime_ns: int, threshold: float, min_area: int):
+    """Point sources of a calibrated product; cached, since every frame of a field aligns
+    to the same reference (the modification time keys a product written again)."""
+    sci, err, mask, _ = read_product(path)
     if mask is None:
         mask = np.zeros(sci.shape, np.uint8)
     sky = estimate_background(sci, mask)
-    found = detect_stars(sci, sky, mask, threshold=ph.detect_threshold, min_area=ph.detect_min_area, err=err)
-    return found[found["point"]]
+    found = detect_stars(sci, sky, mask, threshold=threshold, min_area=min_area, err=err)
+    found = found[found["point"]]
+    found.flags.writeable = False  # shared between callers
+    return found
 
 
 def field_key(frame: Frame) -> str:
@@ -147,9 +180,7 @@ def solve_frame_wcs(session: Session, frame: Frame, header: fits.Header, stars, 
         return attempt(wcs, "attached") or FrameWcs(wcs, "attached")
 
     header_wcs = wcs_from_header(header)
-    if header_wcs is not None:
-        if not has_catalog:
-            return FrameWcs(header_wcs, "header")  # nothing to refine against: the observer's own
+    if header_wcs is not None and has_catalog:
         solved = attempt(header_wcs, "refcat")
         if solved is not None:
             return solved
@@ -168,6 +199,9 @@ def solve_frame_wcs(session: Session, frame: Frame, header: fits.Header, stars, 
                 refined = attempt(aligned.wcs, "aligned", reference.frame_id)
                 return refined or FrameWcs(aligned.wcs, "aligned", aligned.rms_px, aligned.rms_arcsec,
                                            aligned.n_matches, reference.frame_id)
+
+    if header_wcs is not None and not has_catalog:
+        return FrameWcs(header_wcs, "header")  # nothing to refine against: the observer's own
 
     scale = pixel_scale_from_header(header)
     if scale is not None and frame.ra is not None and frame.dec is not None:

@@ -185,6 +185,13 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
     det_ra = np.asarray(det_ra) % 360.0
     match_arcsec = max(1.0, 3.0 * (solved.rms_arcsec or 0.0), 0.5 * fwhm * scale)
 
+    # The detections' photometry needs no source, so it is done before the sources are
+    # locked: the lock is then held for the crossmatch, the forced photometry and the
+    # write, and workers measuring frames of one field wait less for each other.
+    aperture_args = dict(radii=radii, annulus=annulus, neighbours_xy=np.column_stack([stars["x"], stars["y"]]),
+                         saturation=None, scintillation=scint, recenter=False)
+    detected_ap = measure_apertures(sci, err, mask, stars["x"], stars["y"], **aperture_args)
+
     with sessions() as session, session.begin():
         source_table.lock_sources(session)
         session.execute(delete(Measurement).where(Measurement.frame_id == frame.id))
@@ -205,6 +212,7 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
             link_rs[ni] = refstars.star_id[ri]
         source_of[new] = source_table.create_sources(session, det_ra[new], det_dec[new], frame_id=frame.id,
                                                      refcat_id=link_rc, refstar_id=link_rs)
+        sources_upto = source_table.newest_source_id(session)
         # The catalog star of each detection's source (-1: none, or another catalog's).
         refstar_of = np.full(len(stars), -1, dtype=np.int64)
         if refstars is not None:
@@ -229,9 +237,9 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
         catalog_pos = (refstars.index_of(np.concatenate([refstar_of[detected], forced_refstar]))
                        if refstars is not None else np.full(len(src), -1))
 
-        ap = measure_apertures(sci, err, mask, x, y, radii=radii, annulus=annulus,
-                               neighbours_xy=np.column_stack([stars["x"], stars["y"]]),
-                               saturation=None, scintillation=scint, recenter=False)
+        ap = detected_ap.take(detected)
+        if len(forced):
+            ap = ap.append(measure_apertures(sci, err, mask, fx[inside], fy[inside], **aperture_args))
         k = _reported_aperture(ph, ap, radii)
         flux, flux_err = ap.flux[:, k], ap.flux_err[:, k]
         apcorr = aperture_correction(ap.flux, ap.flux_err, ap.flags, ap.snr, k, ~is_forced)
@@ -271,7 +279,7 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
         limits = limiting_magnitudes(sky.rms_level, float(radii[k]), (zp.zp if zp is not None else 0.0) + (apcorr or 0.0))
         _write_frame_rows(session, settings, frame, reduction, field, band, wcs, solved, shape, psf, sky, stars,
                           radii, k, annulus, frame_flags, location, zp, limits if zp is not None else None,
-                          ra_c, dec_c, radius, scale, apcorr)
+                          ra_c, dec_c, radius, scale, apcorr, sources_upto)
         session.execute(update(Frame).where(Frame.id == frame.id).values(
             state="measured", state_reason=None if not reduction.missing else
             f"measured; reduced without {', '.join(reduction.missing)}"))
@@ -338,7 +346,8 @@ def _zero_point(settings, refstars, catalog_pos, imag, imag_err, flags, snr, is_
 
 
 def _write_frame_rows(session, settings, frame, reduction, field, band, wcs, solved, shape, psf, sky, stars, radii,
-                      k, annulus, frame_flags, location, zp, limits, ra_c, dec_c, radius, scale, apcorr) -> None:
+                      k, annulus, frame_flags, location, zp, limits, ra_c, dec_c, radius, scale, apcorr,
+                      sources_upto) -> None:
     header = wcs.to_header(relax=True)
     header["NAXIS1"], header["NAXIS2"] = shape[1], shape[0]
     bjd = bjd_tdb(frame.mjd_mid, ra_c, dec_c, location)
@@ -348,7 +357,8 @@ def _write_frame_rows(session, settings, frame, reduction, field, band, wcs, sol
         wcs_rms_arcsec=solved.rms_arcsec, n_astrometric_matches=solved.n_matches, ra_center=ra_c,
         dec_center=dec_c, radius_deg=radius, pixel_scale=scale, fwhm=_finite(psf.fwhm),
         ellipticity=_finite(psf.ellipticity), sky=_finite(sky.level), sky_rms=_finite(sky.rms_level),
-        n_detections=len(stars), aperture_correction=apcorr, apertures=[float(r) for r in radii], aperture_index=k,
+        n_detections=len(stars), sources_upto=sources_upto, aperture_correction=apcorr,
+        apertures=[float(r) for r in radii], aperture_index=k,
         annulus=[float(a) for a in annulus], airmass=frame.airmass, mjd_mid=frame.mjd_mid,
         bjd_tdb_center=float(bjd[0]) if bjd is not None else None, flags=frame_flags,
         obsdb_version=VERSION, config_hash=config_hash(settings),

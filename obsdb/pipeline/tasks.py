@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from obsdb.calibration.master_stage import build_master, stale_dependents
 from obsdb.calibration.reduce_stage import lights_to_redo, reduce_light
 from obsdb.models import Frame, Master, MasterInput
+from obsdb.photometry.catch_up import stale_frames_of_field
 from obsdb.photometry.ensemble_stage import solve_field
 from obsdb.photometry.frame_wcs import field_key
 from obsdb.photometry.measure_stage import measure_frame
@@ -236,8 +237,17 @@ def measure_frame_task(context: procrastinate.JobContext, frame_id: int) -> None
 
 
 def solve_ensemble_task(field: str, filter_name: str) -> None:
-    """Solve the ensemble of one field in one filter and revise its magnitudes."""
+    """Solve the ensemble of one field in one filter and revise its magnitudes; queue
+    again the measurement of its frames that lack sources found since they were measured
+    (their ensemble is then solved once more, with them)."""
     rt = runtime()
+    with rt.sessions() as session:
+        stale = stale_frames_of_field(session, field, filter_name)
+    if stale:
+        app = rt.queue_app()
+        queued = sum(queue.enqueue_measure(app, frame_id) for frame_id in stale)
+        log.info("%s/%s: %d frame(s) to measure again at sources found since (%d queued)", field, filter_name,
+                 len(stale), queued)
     solve_field(rt.sessions, rt.settings, field, filter_name)
 
 
