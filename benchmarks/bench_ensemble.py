@@ -30,7 +30,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import lsqr
 
-from benchmarks.common import Row, print_table
+from benchmarks.common import Row, entry_points
 from obsdb.photometry.ensemble import solve_ensemble, solve_two_way
 
 
@@ -166,17 +166,8 @@ def measure(args: argparse.Namespace) -> tuple[str, list[Row], list[str]]:
     return f"Ensemble solve, {args.stars} stars x {args.frames} frames", rows, notes
 
 
-def run(quick: bool = False) -> list[Row]:
-    """The rows of ``python -m benchmarks`` (``QUICK``'s sizes with ``quick``)."""
-    title, rows, notes = measure(_parser().parse_args(QUICK if quick else []))
-    print("\n".join(notes))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    title, rows, notes = measure(_parser().parse_args(argv))
-    print_table(title, rows)
-    print("\n" + "\n".join(notes))
+#: ``run(quick)`` for ``python -m benchmarks``; ``main(argv)`` when run alone.
+run, main = entry_points(measure, _parser, QUICK)
 
 
 if __name__ == "__main__":

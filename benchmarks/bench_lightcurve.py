@@ -57,7 +57,7 @@ os.environ.setdefault("OBSDB_DATABASE_URL", "postgresql://postgres@127.0.0.1:543
 from sqlalchemy import text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
-from benchmarks.common import Row, print_table, scratch_database  # noqa: E402
+from benchmarks.common import Row, entry_points, scratch_database  # noqa: E402
 from obsdb.catalog.healpix import healpix_index  # noqa: E402
 from obsdb.lightcurves.core import cone_query, lightcurve_query  # noqa: E402
 
@@ -352,17 +352,9 @@ def measure(args: argparse.Namespace) -> tuple[str, list[Row], list[str]]:
     return title, rows, ["targets: " + ", ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in targets)]
 
 
-def run(quick: bool = False) -> list[Row]:
-    """The rows of ``python -m benchmarks`` (10 M measurements; ``QUICK``'s sizes with ``quick``)."""
-    title, rows, notes = measure(_parser().parse_args(QUICK if quick else []))
-    print("\n".join(notes))
-    return rows
+#: ``run(quick)`` for ``python -m benchmarks``; ``main(argv)`` when run alone.
+run, main = entry_points(measure, _parser, QUICK)
 
-
-def main(argv: list[str] | None = None) -> None:
-    title, rows, notes = measure(_parser().parse_args(argv))
-    print_table(title, rows)
-    print("\n" + "\n".join(notes))
 
 if __name__ == "__main__":
     main()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +97,24 @@ def print_table(title: str, rows: list[Row]) -> None:
     print("-+-".join("-" * w for w in widths))
     for c in cells:
         print(" | ".join(v.ljust(w) for v, w in zip(c, widths)))
+
+
+Measure = Callable[[argparse.Namespace], tuple[str, list[Row], list[str]]]
+
+
+def entry_points(measure: Measure, parser: Callable[[], argparse.ArgumentParser], quick: list[str],
+                 full: list[str] | None = None) -> tuple[Callable[[bool], list[Row]], Callable[..., None]]:
+    """A bench's ``run(quick)`` (its rows for ``python -m benchmarks``, at the ``quick`` or
+    ``full`` arguments) and ``main(argv)`` (run alone: its own table and notes)."""
+
+    def run(quick_run: bool = False) -> list[Row]:
+        _, rows, notes = measure(parser().parse_args(quick if quick_run else (full or [])))
+        print("\n".join(notes))
+        return rows
+
+    def main(argv: list[str] | None = None) -> None:
+        title, rows, notes = measure(parser().parse_args(argv))
+        print_table(title, rows)
+        print("\n" + "\n".join(notes))
+
+    return run, main

@@ -61,6 +61,8 @@ class Proc:
     log: Path
     expected_dead: bool = False
     _pump: threading.Thread | None = None
+    killed_at: datetime | None = None  # when kill9 ended it (local time, as in its log)
+    stopped_in: float | None = None  # seconds from SIGTERM to exit (terminate_and_wait)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -79,15 +81,19 @@ class Proc:
         self.expected_dead = True
         self.popen.send_signal(signal.SIGKILL)
         self.popen.wait(timeout=10)
+        self.killed_at = datetime.now()
         self.drain()
 
     def terminate_and_wait(self, timeout: float = 30) -> int:
+        """SIGTERM; the exit code (``stopped_in``: how long it took), or fail if it does not exit."""
         self.expected_dead = True
+        t0 = time.monotonic()
         self.popen.send_signal(signal.SIGTERM)
         try:
             code = self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{self.name} did not exit within {timeout} s of SIGTERM:\n{self.tail()}") from None
+        self.stopped_in = time.monotonic() - t0
         self.drain()
         return code
 

@@ -41,7 +41,9 @@ from obsdb.config import CalibrationSettings
 from obsdb.inventory import status_summary
 from obsdb.models import Frame, Master, Reduction
 
-from conftest import obsdb_command, run_obsdb
+import faultkit
+from conftest import run_obsdb
+from faultkit import Proc, Procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -123,70 +125,6 @@ def env(cli_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 # -- subprocesses ------------------------------------------------------------------------
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-    killed_at: datetime | None = None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def tail(self, n: int = 40) -> str:
-        return "\n".join(self.output().splitlines()[-n:])
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=10)
-        self.killed_at = datetime.now()
-
-    def terminate_and_wait(self, timeout: float) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took), or fails if it does not exit."""
-        t0 = time.monotonic()
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            code = self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} did not exit within {timeout} s of SIGTERM:\n{self.tail()}") from None
-        return code, time.monotonic() - t0
-
-
-class Procs:
-    """Starts ``obsdb`` subprocesses with their output in a log file; kills leftovers."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.tmp_path = tmp_path
-        self.env = env
-        self.started: list[Proc] = []
-
-    def start(self, name: str, *args: str | Path) -> Proc:
-        log = self.tmp_path / f"{name}.log"
-        with open(log, "w") as fh:
-            popen = subprocess.Popen([*obsdb_command(), *map(str, args)], env=self.env, stdout=fh,
-                                     stderr=subprocess.STDOUT, text=True)
-        proc = Proc(name, popen, log)
-        self.started.append(proc)
-        return proc
-
-    def check_alive(self) -> None:
-        for p in self.started:
-            if p.killed_at is None and not p.alive():
-                raise AssertionError(f"{p.name} exited early with {p.popen.returncode}:\n{p.tail()}")
-
-    def diagnostics(self) -> str:
-        return "\n".join(f"--- {p.name} (exit {p.popen.poll()}):\n{p.tail()}" for p in self.started)
-
-    def kill_all(self) -> None:
-        for p in self.started:
-            if p.popen.poll() is None:
-                p.popen.kill()
-                p.popen.wait(timeout=10)
-
-
 @pytest.fixture
 def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Procs]:
     started = Procs(tmp_path, env)
@@ -199,24 +137,16 @@ def procs(tmp_path: Path, env: dict[str, str]) -> Iterator[Procs]:
 def wait_until(condition: Callable[[], object], what: str, *, procs: Procs | None = None,
                sessions: sessionmaker | None = None, timeout: float = STEP_DEADLINE,
                interval: float = 0.2) -> object:
-    """Poll until ``condition()`` is truthy; fail with the queue and the logs at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if procs is not None:
-            procs.check_alive()
-        if time.monotonic() > deadline:
-            detail = ""
-            if sessions is not None:
-                with sessions() as session:
-                    detail += f"status: {json.dumps(status_summary(session)['by_type_and_state'])}\n"
-                    detail += "jobs:\n" + "\n".join(map(str, _job_table(session))) + "\n"
-            if procs is not None:
-                detail += procs.diagnostics()
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
-        time.sleep(interval)
+    """faultkit's ``wait_until``, with the queue's state in the failure message."""
+
+    def queue() -> str:
+        if sessions is None:
+            return ""
+        with sessions() as session:
+            return (f"status: {json.dumps(status_summary(session)['by_type_and_state'])}\n"
+                    "jobs:\n" + "\n".join(map(str, _job_table(session))))
+
+    return faultkit.wait_until(condition, what, timeout=timeout, procs=procs, detail=queue, interval=interval)
 
 
 # -- the database ------------------------------------------------------------------------
@@ -489,7 +419,7 @@ def test_two_workers_share_a_night_without_doing_anything_twice(night, env, proc
     assert len(by_worker) == 2 and None not in by_worker, f"jobs by worker: {by_worker}"
 
     for w in (w1, w2):
-        code, took = w.terminate_and_wait(timeout=30)
+        code = w.terminate_and_wait(timeout=30)
         assert code == 0, w.tail()
         assert "Stopped worker" in w.output()
         assert "Starting job obsdb:" in w.output(), f"{w.name} ran no job"
@@ -543,7 +473,7 @@ def test_killed_worker_job_is_recovered_and_every_light_reduced_once(night, env,
     recovered_at = datetime.strptime(recovered_line[:23], "%Y-%m-%d %H:%M:%S,%f")
     assert (recovered_at - killed).total_seconds() >= STALLED - 1.5
 
-    code, _ = b.terminate_and_wait(timeout=30)
+    code = b.terminate_and_wait(timeout=30)
     assert code == 0, b.tail()
     reductions = _check_reductions(sessions, night.n_lights)
     db_runs, log_runs = _check_runs(sessions, [a, b])
@@ -582,7 +512,7 @@ def test_killed_worker_job_is_recovered_when_the_same_frame_is_queued_again(nigh
         assert "deferred_for_retry" in _events(session, job.id)
     assert after.status in ("succeeded", "cancelled"), after
     assert "housekeeping failed" not in b.output(), b.tail(60)
-    code, _ = b.terminate_and_wait(timeout=30)
+    code = b.terminate_and_wait(timeout=30)
     assert code == 0, b.tail()
     reductions = _check_reductions(sessions, night.n_lights)
     db_runs, log_runs = _check_runs(sessions, [a, b])
@@ -630,6 +560,7 @@ def test_sigterm_finishes_the_running_job_and_exits_cleanly(night, env, procs, s
         except subprocess.TimeoutExpired:
             raise AssertionError(f"worker A did not exit after its job ended:\n{a.tail()}") from None
         exit_seconds = time.monotonic() - released_at
+        a.drain()  # the rest of its log
 
     assert code == 0, a.tail()
     assert exit_seconds < 15, f"worker A took {exit_seconds:.1f} s to exit after its last job"
@@ -639,11 +570,12 @@ def test_sigterm_finishes_the_running_job_and_exits_cleanly(night, env, procs, s
     with sessions() as session:
         finished = _job(session, job.id)
     assert (finished.status, finished.attempts) == ("succeeded", 1), finished  # finished by A, once
-    a.killed_at = datetime.now()  # A stopped as asked: no longer expected alive
+    a.expected_dead = True  # A stopped as asked: no longer expected alive
+    a.killed_at = datetime.now()
 
     wait_until(lambda: _pipeline_done(sessions, night.n_lights, night.n_calibrations),
                "the other worker to finish the night", procs=procs, sessions=sessions, timeout=DONE_DEADLINE)
-    code, took = b.terminate_and_wait(timeout=20)
+    code, took = b.terminate_and_wait(timeout=20), b.stopped_in
     assert code == 0 and took < 10, (code, took, b.tail())
     assert "lost its worker" not in b.output()
     reductions = _check_reductions(sessions, night.n_lights)
@@ -710,7 +642,7 @@ def test_frame_that_keeps_failing_ends_failed_with_its_reason(night, cli_env, tm
     shown = run_obsdb("status", env=env, check=True).stdout
     assert "failed frames: 1" in shown
     assert f"frame {bad.id} {bad.path}: attempt 2/2: " in shown
-    code, _ = w.terminate_and_wait(timeout=30)
+    code = w.terminate_and_wait(timeout=30)
     assert code == 0, w.tail()
 
 
@@ -757,7 +689,7 @@ def test_daemon_reduces_a_night_arriving_lights_first(night, env, procs, session
     for frame_id, red in reductions.items():
         assert red.created_at > first_at[frame_id], f"frame {frame_id} was not reduced again"
 
-    code, took = d.terminate_and_wait(timeout=30)
+    code = d.terminate_and_wait(timeout=30)
     assert code == 0, d.tail()
     assert "obsdb daemon stopped" in d.output()
     db_runs, log_runs = _check_runs(sessions, [d])
