@@ -54,7 +54,7 @@ def add(app: AppContext, name: str | None, ra: str | None, dec: str | None, csv_
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     from obsdb.photometry.catch_up import frames_missing_source
-    from obsdb.pipeline.queue import enqueue_measure, make_app
+    from obsdb.pipeline.queue import enqueue_catch_up, make_app
 
     added = []
     with app.sessions()() as session, session.begin():
@@ -69,7 +69,7 @@ def add(app: AppContext, name: str | None, ra: str | None, dec: str | None, csv_
     if any(missing.values()):
         with make_app(app.settings).open() as queue_app:
             for frame_id in sorted({f for frames in missing.values() for f in frames}):
-                enqueue_measure(queue_app, frame_id)
+                enqueue_catch_up(queue_app, frame_id)
     for done, r, d in added:
         what = "new source" if done.created_source else "known source"
         again = (f"; {len(missing[done.name])} frame(s) queued to be measured at it (`obsdb process` or the "

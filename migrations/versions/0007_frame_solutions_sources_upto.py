@@ -1,4 +1,4 @@
-"""frame_solutions.sources_upto: the newest source a frame's measurement could see
+"""frame_solutions.sources_upto (the newest source a frame's measurement saw) and psf_beta
 
 Revision ID: 0007
 Revises: 0006
@@ -9,7 +9,10 @@ that made them committed: a frame measured with ``sources_upto = N`` saw every s
 up to N and none after. A source of the frame's footprint with a larger id and no
 measurement on the frame is one the frame has not been measured at (a star first
 detected on a later frame, or a target added later); ``obsdb.photometry.catch_up``
-finds such frames so they are measured again. NULL: measured before this column.
+finds such frames and measures them at those sources. NULL: measured before this column.
+
+``psf_beta``, the Moffat beta of the frame's PSF fit, with ``fwhm`` lets those later
+measurements flag catalog blends as the frame's own measurement did.
 """
 
 from collections.abc import Sequence
@@ -25,7 +28,9 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column('frame_solutions', sa.Column('sources_upto', sa.BigInteger(), nullable=True))
+    op.add_column('frame_solutions', sa.Column('psf_beta', sa.REAL(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column('frame_solutions', 'psf_beta')
     op.drop_column('frame_solutions', 'sources_upto')

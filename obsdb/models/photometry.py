@@ -48,6 +48,7 @@ class FrameSolution(Base):
     pixel_scale: Mapped[float]
     fwhm: Mapped[float | None]  # pixels
     ellipticity: Mapped[float | None]
+    psf_beta: Mapped[float | None] = mapped_column(REAL)  # Moffat beta of the PSF fit
     sky: Mapped[float | None]  # ADU per pixel
     sky_rms: Mapped[float | None]
     n_detections: Mapped[int]

@@ -69,7 +69,8 @@ def inst_mag(flux, flux_err) -> tuple[np.ndarray, np.ndarray]:
     return mag, err
 
 
-def _site(header: fits.Header, settings: Settings):
+def site_of(header: fits.Header, settings: Settings):
+    """The observatory (astropy EarthLocation or None) and its height (m) for a frame."""
     info = select_profile(header, load_profiles(settings.instruments)).read(header)
     lat = info.site_lat if info.site_lat is not None else settings.site.lat
     lon = info.site_lon if info.site_lon is not None else settings.site.lon
@@ -102,6 +103,16 @@ def _mark(sessions: sessionmaker, frame_id: int, state: str, reason: str | None)
         session.execute(update(Frame).where(Frame.id == frame_id).values(state=state, state_reason=reason))
 
 
+def complete_planes(frame: Frame, sci: np.ndarray, err: np.ndarray | None, mask: np.ndarray | None):
+    """A product's error and mask planes, made when it has none (Poisson and read noise;
+    nothing masked)."""
+    if err is None:
+        err = np.sqrt(np.clip(sci, 0, None) / (frame.gain or 1.0) + (frame.read_noise or 10.0) ** 2).astype(np.float32)
+    if mask is None:
+        mask = np.zeros(sci.shape, dtype=np.uint8)
+    return err, mask
+
+
 def measure_frame(sessions: sessionmaker, settings: Settings, frame_id: int) -> FrameMeasured:
     """Measure one reduced light frame (see the module docstring)."""
     ph = settings.photometry
@@ -117,10 +128,7 @@ def measure_frame(sessions: sessionmaker, settings: Settings, frame_id: int) -> 
         log.warning("frame %d: %s", frame_id, reason)
         _mark(sessions, frame_id, "failed", reason)
         return FrameMeasured(frame_id, "failed", reason, field_key(frame), frame.filter)
-    if err is None:
-        err = np.sqrt(np.clip(sci, 0, None) / (frame.gain or 1.0) + (frame.read_noise or 10.0) ** 2).astype(np.float32)
-    if mask is None:
-        mask = np.zeros(sci.shape, dtype=np.uint8)
+    err, mask = complete_planes(frame, sci, err, mask)
     shape = sci.shape
 
     sky = estimate_background(sci, mask)
@@ -173,12 +181,8 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
     radii = default_radii(fwhm, factors=ph.aperture_fwhm_factors, fixed=ph.aperture_fixed_radii)
     annulus = default_annulus(fwhm, float(np.max(radii)))
     ra_c, dec_c, radius = footprint(wcs, shape)
-    location, height = _site(header, settings)
-    diameter = _telescope_diameter_m(header, settings)
-    scint = 0.0
-    if ph.scintillation_coefficient > 0 and diameter and frame.airmass and frame.airmass >= 1.0 and frame.exptime:
-        scint = scintillation_sigma(diameter, frame.airmass, height or 0.0, frame.exptime,
-                                    coefficient=ph.scintillation_coefficient, correction=ph.scintillation_correction)
+    location, height = site_of(header, settings)
+    scint = scintillation_of(settings, header, frame, height)
     frame_flags = F.UNCALIBRATED if reduction.missing else 0
 
     det_ra, det_dec = wcs.pixel_to_world_values(stars["x"], stars["y"])
@@ -228,8 +232,6 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
         fx, fy = np.asarray(fx, dtype=float), np.asarray(fy, dtype=float)
         inside = (fx >= 0) & (fy >= 0) & (fx <= shape[1] - 1) & (fy <= shape[0] - 1)
         forced = unmatched[inside]
-        x = np.concatenate([stars["x"][detected], fx[inside]])
-        y = np.concatenate([stars["y"][detected], fy[inside]])
         src = np.concatenate([source_of[detected], known.id[forced]])
         is_forced = np.concatenate([np.zeros(len(detected), bool), np.ones(len(forced), bool)])
         forced_refstar = (known.refstar_id[forced] if refstars is None else
@@ -245,37 +247,11 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
         apcorr = aperture_correction(ap.flux, ap.flux_err, ap.flags, ap.snr, k, ~is_forced)
         imag, imag_err = inst_mag(flux, flux_err)
         imag = imag + (apcorr or 0.0)
-        flags = ap.flags[:, k] | np.where(is_forced, F.FORCED, 0) | frame_flags
-        if refstars is not None and len(refstars):
-            cat_x, cat_y = wcs.world_to_pixel_values(refstars.ra, refstars.dec)
-            flags = flags | catalog_blends(x, y, catalog_pos, cat_x, cat_y, refstars.rank_mag, float(radii[k]),
-                                            fwhm, psf.beta if psf.beta else 3.0)
-        ra, dec = wcs.pixel_to_world_values(x, y)
-        ra = np.asarray(ra) % 360.0
-
+        beta = psf.beta if psf.beta else 3.0
+        flags = point_flags(ap, k, is_forced, frame_flags, refstars, catalog_pos, wcs, fwhm, beta)
         zp = _zero_point(settings, refstars, catalog_pos, imag, imag_err, flags, ap.snr[:, k], is_forced)
-        mag = mag_err = None
-        if zp is not None:
-            colour = refstars.colour_at(catalog_pos)
-            ct = zp.colour_term or 0.0
-            mag = imag + zp.zp + ct * np.nan_to_num(colour)
-            mag_err = np.hypot(imag_err, zp.zp_err)
-        else:
-            flags = flags | F.NOT_CATALOG_TIED
-        upper = None
-        if zp is not None:
-            faint = ap.snr[:, k] < 3.0
-            ul_inst, _ = inst_mag(np.clip(flux, 0, None) + 3.0 * flux_err, flux_err)
-            upper = np.where(faint, ul_inst + (apcorr or 0.0) + zp.zp, np.nan)
-        bjd = bjd_tdb(frame.mjd_mid, ra, dec, location)
-
-        copy_measurements(session, dict(
-            frame_id=np.full(len(x), frame.id), source_id=src, x=x, y=y, ra=ra, dec=dec,
-            mjd=np.full(len(x), frame.mjd_mid if frame.mjd_mid is not None else np.nan), bjd_tdb=bjd,
-            fluxes=ap.flux, flux_errs=ap.flux_err, flux=flux, flux_err=flux_err, background=ap.bkg,
-            snr=ap.snr[:, k], inst_mag=imag, inst_mag_err=imag_err, mag=mag, mag_err=mag_err,
-            upper_limit=upper, flags=flags, forced=is_forced,
-        ))
+        copy_measurements(session, measurement_columns(frame, src, is_forced, ap, k, imag, imag_err, apcorr, flags,
+                                                       zp, refstars, catalog_pos, wcs, location))
         limits = limiting_magnitudes(sky.rms_level, float(radii[k]), (zp.zp if zp is not None else 0.0) + (apcorr or 0.0))
         _write_frame_rows(session, settings, frame, reduction, field, band, wcs, solved, shape, psf, sky, stars,
                           radii, k, annulus, frame_flags, location, zp, limits if zp is not None else None,
@@ -283,7 +259,58 @@ def _measure(sessions, settings, frame, reduction, sci, err, mask, header, sky, 
         session.execute(update(Frame).where(Frame.id == frame.id).values(
             state="measured", state_reason=None if not reduction.missing else
             f"measured; reduced without {', '.join(reduction.missing)}"))
-    return FrameMeasured(frame.id, "measured", None, field, frame.filter, len(x), solved.method)
+    return FrameMeasured(frame.id, "measured", None, field, frame.filter, len(src), solved.method)
+
+
+def scintillation_of(settings: Settings, header: fits.Header, frame: Frame, height: float | None) -> float:
+    """The frame's relative scintillation noise (0 when it cannot be known or is off)."""
+    ph = settings.photometry
+    diameter = _telescope_diameter_m(header, settings)
+    if ph.scintillation_coefficient > 0 and diameter and frame.airmass and frame.airmass >= 1.0 and frame.exptime:
+        return scintillation_sigma(diameter, frame.airmass, height or 0.0, frame.exptime,
+                                   coefficient=ph.scintillation_coefficient, correction=ph.scintillation_correction)
+    return 0.0
+
+
+def point_flags(ap, k: int, is_forced, frame_flags: int, refstars: RefStars | None, catalog_pos, wcs,
+                fwhm: float, beta: float) -> np.ndarray:
+    """Flags of each point in the reported aperture ``k``: the pixels', forced, the frame's,
+    and blended with a catalog neighbour."""
+    flags = ap.flags[:, k] | np.where(is_forced, F.FORCED, 0) | frame_flags
+    if refstars is not None and len(refstars):
+        cat_x, cat_y = wcs.world_to_pixel_values(refstars.ra, refstars.dec)
+        flags = flags | catalog_blends(ap.x, ap.y, catalog_pos, cat_x, cat_y, refstars.rank_mag,
+                                       float(ap.radii[k]), fwhm, beta)
+    return flags
+
+
+def measurement_columns(frame: Frame, source_id, is_forced, ap, k: int, imag, imag_err, apcorr: float | None,
+                        flags, zp, refstars: RefStars | None, catalog_pos, wcs, location) -> dict:
+    """The ``measurements`` columns of a frame's points (``copy_measurements``): magnitudes
+    from the frame's zero point ``zp`` (the ensemble revises them), 3-sigma upper limits
+    below S/N 3, sky positions and BJD_TDB."""
+    flux, flux_err = ap.flux[:, k], ap.flux_err[:, k]
+    mag = mag_err = upper = None
+    if zp is not None:
+        colour = refstars.colour_at(catalog_pos) if refstars is not None else np.zeros(len(flux))
+        mag = imag + zp.zp + (zp.colour_term or 0.0) * np.nan_to_num(colour)
+        mag_err = np.hypot(imag_err, zp.zp_err)
+        faint = ap.snr[:, k] < 3.0
+        ul_inst, _ = inst_mag(np.clip(flux, 0, None) + 3.0 * flux_err, flux_err)
+        upper = np.where(faint, ul_inst + (apcorr or 0.0) + zp.zp, np.nan)
+    else:
+        flags = flags | F.NOT_CATALOG_TIED
+    ra, dec = wcs.pixel_to_world_values(ap.x, ap.y)
+    ra = np.asarray(ra) % 360.0
+    n = len(flux)
+    return dict(
+        frame_id=np.full(n, frame.id), source_id=source_id, x=ap.x, y=ap.y, ra=ra, dec=dec,
+        mjd=np.full(n, frame.mjd_mid if frame.mjd_mid is not None else np.nan),
+        bjd_tdb=bjd_tdb(frame.mjd_mid, ra, dec, location),
+        fluxes=ap.flux, flux_errs=ap.flux_err, flux=flux, flux_err=flux_err, background=ap.bkg,
+        snr=ap.snr[:, k], inst_mag=imag, inst_mag_err=imag_err, mag=mag, mag_err=mag_err,
+        upper_limit=upper, flags=flags, forced=is_forced,
+    )
 
 
 # Stars that fix a frame's aperture correction, and how many it needs.
@@ -356,7 +383,8 @@ def _write_frame_rows(session, settings, frame, reduction, field, band, wcs, sol
         method=solved.method, reference_frame_id=solved.reference_frame_id, wcs_rms_px=solved.rms_px,
         wcs_rms_arcsec=solved.rms_arcsec, n_astrometric_matches=solved.n_matches, ra_center=ra_c,
         dec_center=dec_c, radius_deg=radius, pixel_scale=scale, fwhm=_finite(psf.fwhm),
-        ellipticity=_finite(psf.ellipticity), sky=_finite(sky.level), sky_rms=_finite(sky.rms_level),
+        ellipticity=_finite(psf.ellipticity), psf_beta=_finite(psf.beta), sky=_finite(sky.level),
+        sky_rms=_finite(sky.rms_level),
         n_detections=len(stars), sources_upto=sources_upto, aperture_correction=apcorr,
         apertures=[float(r) for r in radii], aperture_index=k,
         annulus=[float(a) for a in annulus], airmass=frame.airmass, mjd_mid=frame.mjd_mid,

@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 
 # Masters before the frames they calibrate, biases before darks before flats.
 # Ensembles last: in a batch run every frame of a field is measured before it is solved.
-PRIORITY = {"bias": 30, "dark": 20, "flat": 10, "light": 0, "measure": 0, "ensemble": -10}
+PRIORITY = {"bias": 30, "dark": 20, "flat": 10, "light": 0, "measure": 0, "catch_up": -5, "ensemble": -10}
 BUILD_MASTER = "obsdb:build_master"
 REDUCE_FRAME = "obsdb:reduce_frame"
 MEASURE_FRAME = "obsdb:measure_frame"
 SOLVE_ENSEMBLE = "obsdb:solve_ensemble"
+CATCH_UP_FRAME = "obsdb:catch_up_frame"
 
 
 def conninfo(settings: Settings) -> str:
@@ -90,6 +91,13 @@ def enqueue_measure(app: procrastinate.App, frame_id: int, schedule_at=None) -> 
     for again must not be refused because a measurement waits."""
     return _defer(app, MEASURE_FRAME, lock=frame_lock(frame_id), queueing_lock=f"measure:{frame_id}",
                   priority=PRIORITY["measure"], schedule_at=schedule_at, frame_id=frame_id)
+
+
+def enqueue_catch_up(app: procrastinate.App, frame_id: int) -> bool:
+    """Queue the forced photometry of a measured frame at sources found since (under the
+    frame's lock: never beside its measurement)."""
+    return _defer(app, CATCH_UP_FRAME, lock=frame_lock(frame_id), queueing_lock=f"catch-up:{frame_id}",
+                  priority=PRIORITY["catch_up"], frame_id=frame_id)
 
 
 def enqueue_ensemble(app: procrastinate.App, field: str, filter_name: str, schedule_at=None) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from obsdb.calibration.master_stage import build_master, stale_dependents
 from obsdb.calibration.reduce_stage import lights_to_redo, reduce_light
 from obsdb.models import Frame, Master, MasterInput
-from obsdb.photometry.catch_up import stale_frames_of_field
+from obsdb.photometry.catch_up import measure_new_sources, stale_frames_of_field
 from obsdb.photometry.ensemble_stage import solve_field
 from obsdb.photometry.frame_wcs import field_key
 from obsdb.photometry.measure_stage import measure_frame
@@ -237,18 +237,34 @@ def measure_frame_task(context: procrastinate.JobContext, frame_id: int) -> None
 
 
 def solve_ensemble_task(field: str, filter_name: str) -> None:
-    """Solve the ensemble of one field in one filter and revise its magnitudes; queue
-    again the measurement of its frames that lack sources found since they were measured
-    (their ensemble is then solved once more, with them)."""
+    """Solve the ensemble of one field in one filter and revise its magnitudes; queue the
+    forced photometry of its frames at sources found since they were measured (their
+    ensemble is then solved once more, with those points)."""
     rt = runtime()
     with rt.sessions() as session:
         stale = stale_frames_of_field(session, field, filter_name)
     if stale:
         app = rt.queue_app()
-        queued = sum(queue.enqueue_measure(app, frame_id) for frame_id in stale)
-        log.info("%s/%s: %d frame(s) to measure again at sources found since (%d queued)", field, filter_name,
+        queued = sum(queue.enqueue_catch_up(app, frame_id) for frame_id in stale)
+        log.info("%s/%s: %d frame(s) to measure at sources found since (%d queued)", field, filter_name,
                  len(stale), queued)
     solve_field(rt.sessions, rt.settings, field, filter_name)
+
+
+def catch_up_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
+    """Forced photometry of a measured frame at the sources found since it was measured."""
+    rt = runtime()
+    try:
+        done = measure_new_sources(rt.sessions, rt.settings, frame_id)
+    except Exception:
+        # Retried (SettingsRetry); the frame stays measured: its own measurement stands.
+        _make_room_for_retry(context.job)
+        raise
+    if done.added:
+        log.info("frame %d: %d measurement(s) at sources found since it was measured", frame_id, done.added)
+        queue.enqueue_ensemble(rt.queue_app(), done.field, done.filter)
+    elif done.reason:
+        log.info("frame %d: no catching up: %s", frame_id, done.reason)
 
 
 def make_blueprint() -> procrastinate.Blueprint:
@@ -265,4 +281,5 @@ def make_blueprint() -> procrastinate.Blueprint:
     blueprint.task(name="reduce_frame", pass_context=True, retry=SettingsRetry())(reduce_frame_task)
     blueprint.task(name="measure_frame", pass_context=True, retry=SettingsRetry())(measure_frame_task)
     blueprint.task(name="solve_ensemble", retry=SettingsRetry())(solve_ensemble_task)
+    blueprint.task(name="catch_up_frame", pass_context=True, retry=SettingsRetry())(catch_up_frame_task)
     return blueprint
