@@ -135,6 +135,9 @@ class QueueSettings:
 
     heartbeat_seconds: float = 10.0
     stalled_seconds: float = 60.0
+    # Succeeded jobs are deleted this long after they ended (failed ones are kept for a
+    # person to read): the queue table stays small over years. 0 keeps them all.
+    keep_finished_days: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from conftest import REPO
-from obsdb.config import ConfigError, load_settings
+from obsdb.config import ConfigError, Settings, Site, load_settings
 from obsdb.instruments import load_profiles
 
 
@@ -46,3 +49,20 @@ def test_bad_config_files_are_explained(tmp_path, text, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_config_hash_follows_what_shapes_products_not_scheduling():
+    from obsdb.provenance import config_hash
+
+    base = Settings(home=Path("/srv/obsdb"))
+
+    def changed(section: str, **values) -> Settings:
+        return dataclasses.replace(base, **{section: dataclasses.replace(getattr(base, section), **values)})
+
+    # when work runs: the same products
+    assert config_hash(changed("calibration", quiet_seconds=5.0, grace_seconds=60.0, max_attempts=9,
+                               retry_wait_seconds=1.0)) == config_hash(base)
+    # what is made: other products (the site moves BJD_TDB)
+    assert config_hash(changed("calibration", temperature_tolerance=5.0)) != config_hash(base)
+    assert config_hash(changed("photometry", detect_threshold=5.0)) != config_hash(base)
+    assert config_hash(dataclasses.replace(base, site=Site(lat=-30.2, lon=-70.7, height=2200.0))) != config_hash(base)

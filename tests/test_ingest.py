@@ -94,6 +94,8 @@ def _bad_files(folder: Path) -> dict[str, Path]:
     bad = {}
     bad["empty"] = folder / "empty.fits"
     bad["empty"].write_bytes(b"")
+    bad["empty_too"] = folder / "empty-too.fits"  # the same (no) content: a file of its own still
+    bad["empty_too"].write_bytes(b"")
     bad["not_fits"] = folder / "notes.fits"
     bad["not_fits"].write_text("this is an observing log, not an image\n" * 100)
     bad["truncated"] = folder / "truncated.fits"

@@ -257,3 +257,44 @@ def test_text_logs_stay_as_they_were(env) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and all(" INFO " in line or " WARNING " in line for line in lines), lines
     assert not any(line.startswith("{") for line in lines)
+
+
+def test_succeeded_jobs_are_pruned_after_the_kept_days_and_failed_ones_stay(settings):
+    """The queue table does not grow for ever: housekeeping deletes old succeeded jobs."""
+    import asyncio
+    import dataclasses
+
+    from sqlalchemy import create_engine, text
+
+    from obsdb.pipeline import queue
+    from obsdb.pipeline.worker import prune_finished_jobs
+
+    app = queue.make_app(settings)
+    engine = create_engine(queue.database_url(settings))
+    with app.open():
+        for frame_id in (1, 2, 3):
+            assert queue.enqueue_catch_up(app, frame_id)
+        with engine.begin() as c:
+            ids = dict(c.execute(text("SELECT (args->>'frame_id')::int, id FROM procrastinate_jobs")).all())
+            # 1 succeeded 40 days ago, 2 succeeded yesterday, 3 failed 40 days ago
+            for frame_id, status, days in ((1, "succeeded", 40), (2, "succeeded", 1), (3, "failed", 40)):
+                c.execute(text("UPDATE procrastinate_jobs SET status = CAST(:s AS procrastinate_job_status) "
+                               "WHERE id = :id"), {"s": status, "id": ids[frame_id]})
+                c.execute(text("UPDATE procrastinate_events SET at = now() - make_interval(days => :d) "
+                               "WHERE job_id = :id"), {"d": days, "id": ids[frame_id]})
+
+    async def prune(with_settings) -> None:
+        async with app.open_async():
+            await prune_finished_jobs(app, with_settings)
+
+    def left() -> set[int]:
+        with engine.connect() as c:
+            return set(c.execute(text("SELECT (args->>'frame_id')::int FROM procrastinate_jobs")).scalars())
+
+    keep_all = dataclasses.replace(settings, queue=dataclasses.replace(settings.queue, keep_finished_days=0))
+    asyncio.run(prune(keep_all))
+    assert left() == {1, 2, 3}
+    assert settings.queue.keep_finished_days == 30.0
+    asyncio.run(prune(settings))
+    assert left() == {2, 3}
+    engine.dispose()

@@ -125,8 +125,8 @@ def record_rejection(session: Session, item: Inspection, quarantine_dir: Path) -
         )
         session.execute(
             stmt.on_conflict_do_update(
-                index_elements=["sha256"],
-                set_=dict(path=item.path, last_seen=now, attempts=RejectedFile.attempts + 1),
+                index_elements=["path", "sha256"],
+                set_=dict(last_seen=now, attempts=RejectedFile.attempts + 1, reason=item.error_reason),
             )
         )
         return

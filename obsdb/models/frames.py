@@ -136,11 +136,12 @@ class RejectedFile(Base):
     """A file that could not be ingested, with its reason and where its copy is kept."""
 
     __tablename__ = "rejected_files"
-    __table_args__ = (Index("ix_rejected_files_path", "path"),)
+    # One row per file: its path and content (migration 0008).
+    __table_args__ = (Index("uq_rejected_files_path_sha256", "path", "sha256", unique=True),)
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     path: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str | None] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)

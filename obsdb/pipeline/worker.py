@@ -163,8 +163,17 @@ def sweep_temporaries(runtime: Runtime) -> None:
         log.warning("removed %s, left by a product write that never finished", path)
 
 
+async def prune_finished_jobs(app: procrastinate.App, settings: Settings) -> None:
+    """Delete the jobs that succeeded more than ``queue.keep_finished_days`` ago (the products
+    record what made them; the queue is for work still to do, and for failures)."""
+    days = settings.queue.keep_finished_days
+    if days > 0:
+        await app.job_manager.delete_old_jobs(nb_hours=max(1, round(days * 24)))
+
+
 async def _housekeeping(app: procrastinate.App, runtime: Runtime, running: list[Worker]) -> None:
-    """Every heartbeat: beat for our worker, recover stalled jobs; every few minutes: reconcile."""
+    """Every heartbeat: beat for our worker, recover stalled jobs; every few minutes:
+    reconcile, sweep temporary files and prune old finished jobs."""
     beats = 0
     failing_since: float | None = None
     suspects: set[int] = set()
@@ -184,6 +193,7 @@ async def _housekeeping(app: procrastinate.App, runtime: Runtime, running: list[
             if beats % 30 == 0:
                 await asyncio.to_thread(reconcile, runtime)
                 await asyncio.to_thread(sweep_temporaries, runtime)
+                await prune_finished_jobs(app, runtime.settings)
         except Exception as exc:  # the database may be down for a while: try again next beat
             if failing_since is None:
                 failing_since = time.monotonic()
