@@ -92,7 +92,8 @@ def stale_frames_of_field(session: Session, field: str, filter_name: str) -> lis
 
 
 def frames_missing_source(session: Session, source_id: int) -> list[int]:
-    """Measured frames that a source (a new target, say) falls on but has no measurement on."""
+    """Measured frames that a source (a new target, say) falls on, newer than their mark,
+    with no measurement there."""
     rows = session.execute(text("SELECT id, ra, dec FROM sources WHERE id = :s"), {"s": source_id}).all()
     if not rows:
         return []
@@ -100,21 +101,20 @@ def frames_missing_source(session: Session, source_id: int) -> list[int]:
         f"SELECT {_FRAME_COLUMNS} FROM frame_solutions AS fs JOIN frames AS f ON f.id = fs.frame_id "
         f"WHERE {_LIVE} AND obsdb_ang_sep_deg(fs.ra_center, fs.dec_center, :ra, :dec) <= fs.radius_deg"),
         {"ra": rows[0].ra, "dec": rows[0].dec}).all()
-    # Older than the frames' marks, it was seen by them: only a frame that did not have
-    # it in its cone then (a target placed later on a known source's spot cannot be) is
-    # missing it, so no mark test here.
-    return _missing(session, frames, rows, use_marks=False)
+    return _missing(session, frames, rows)
 
 
-def _missing(session: Session, frames, rows, use_marks: bool = True) -> list[int]:
+def _missing(session: Session, frames, rows) -> list[int]:
+    """The frames that ``rows`` (id, ra, dec), where newer than a frame's mark, fall on
+    without a measurement there. (Sources up to the mark were measured wherever they fall
+    on the frame: the measure stage forces photometry at every known source.)"""
     if not rows:
         return []
     src = _Sources(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], float),
                    np.array([r[2] for r in rows], float))
     candidates: dict[int, np.ndarray] = {}
     for f in frames:
-        newer = src.id > f.upto if use_marks else np.ones(len(src.id), bool)
-        near = newer & (angular_separation_deg(f.ra_center, f.dec_center, src.ra, src.dec) <= f.radius_deg)
+        near = (src.id > f.upto) & (angular_separation_deg(f.ra_center, f.dec_center, src.ra, src.dec) <= f.radius_deg)
         if not near.any():
             continue
         x, y = _celestial_wcs(f.wcs_header).world_to_pixel_values(src.ra[near], src.dec[near])
