@@ -468,11 +468,13 @@ def audit(db_url: str, products: Path, expected: dict[str, str]) -> Audit:
     )
 
 
-def night_finished(db_url: str, n_lights: int, n_calibrations: int) -> Callable[[], object]:
-    """A condition: every light measured, every calibration combined or unused, queue empty."""
+def wait_for_night(db_url: str, n_lights: int, n_calibrations: int, what: str, *, timeout: float,
+                   procs: Procs | None = None, interval: float = 0.5) -> dict:
+    """Wait until every light is measured, every calibration combined or unused and the
+    queue empty; the frame states by kind then. Fails with the queue at the deadline."""
     engine = create_engine(db_url, pool_size=1)
 
-    def check():
+    def finished():
         try:
             with engine.connect() as c:
                 states = dict(c.execute(text(
@@ -486,8 +488,11 @@ def night_finished(db_url: str, n_lights: int, n_calibrations: int) -> Callable[
         done = states.get("light:measured", 0) == n_lights and states.get("cal:done", 0) == n_calibrations
         return states if done and active == 0 else None
 
-    check.engine = engine  # type: ignore[attr-defined]
-    return check
+    try:
+        return wait_until(finished, what, timeout=timeout, procs=procs, detail=lambda: queue_snapshot(db_url),
+                          interval=interval)
+    finally:
+        engine.dispose()
 
 
 def queue_snapshot(db_url: str) -> str:

@@ -41,10 +41,10 @@ from faultkit import (
     Procs,
     deliver,
     load_refcat,
-    night_finished,
     queue_snapshot,
     sha256,
     simulated_night,
+    wait_for_night,
     wait_until,
     write_config,
 )
@@ -283,11 +283,7 @@ def test_unreadable_file_is_recorded_and_the_daemon_goes_on(night, tmp_path, db_
     assert row.kind == "permission" and "permission denied" in row.reason
     assert row.quarantine_path is None  # nothing could be read to copy
     deliver([(night.lights[1], incoming / night.lights[1].name)])
-    done = night_finished(db_url, 1, 0)
-    try:
-        wait_until(done, "a good light after the unreadable one", timeout=90, procs=procs)
-    finally:
-        done.engine.dispose()
+    wait_for_night(db_url, 1, 0, "a good light after the unreadable one", timeout=90, procs=procs, interval=0.25)
     assert recorded().attempts == 1
     engine.dispose()
     assert daemon.terminate_and_wait(30) == 0, daemon.tail()

@@ -49,12 +49,12 @@ from faultkit import (
     copy_with_new_time,
     deliver,
     load_refcat,
-    night_finished,
     now,
     queue_snapshot,
     sha256,
     simulated_night,
     temporaries,
+    wait_for_night,
     wait_until,
     write_config,
 )
@@ -149,12 +149,9 @@ def test_burst_of_500_files_out_of_order_calibrations_last(night, tmp_path, cli_
     deliver(plan, rng=rng)
     deliver(cals, rng=rng)
     delivered_in = time.monotonic() - t0
-    done = night_finished(db_url, n_lights, len(night.calibrations))
-    try:
-        wait_until(done, f"{n_lights} lights and {len(night.calibrations)} calibrations done", timeout=330,
-                   procs=procs, detail=lambda: queue_snapshot(db_url), interval=1.0)
-    finally:
-        done.engine.dispose()
+    wait_for_night(db_url, n_lights, len(night.calibrations),
+                   f"{n_lights} lights and {len(night.calibrations)} calibrations done", timeout=330, procs=procs,
+                   interval=1.0)
     took = time.monotonic() - t0
 
     result = audit(db_url, obsdb_home / "products", expected)
@@ -252,12 +249,8 @@ def test_kill_9_five_times_during_a_night(night, tmp_path, cli_env, db_url, obsd
             daemon = procs.start(f"daemon-{i + 1}", "-v", "daemon", "--concurrency", "2", incoming)
         feeder.join(timeout=60)
         assert not feeder.is_alive()
-        done = night_finished(db_url, len(night.lights), len(night.calibrations))
-        try:
-            wait_until(done, "the night to be finished after five kills", timeout=180, procs=procs,
-                       detail=lambda: queue_snapshot(db_url), interval=0.5)
-        finally:
-            done.engine.dispose()
+        wait_for_night(db_url, len(night.lights), len(night.calibrations),
+                       "the night to be finished after five kills", timeout=180, procs=procs)
     finally:
         stop_feeding.set()
 
@@ -348,12 +341,8 @@ def test_database_stops_for_30_seconds_mid_night(night, tmp_path, cli_env, obsdb
     assert cpu_outage < 0.25 * OUTAGE_SECONDS, f"{cpu_outage:.1f} s of CPU in a {OUTAGE_SECONDS:.0f} s outage"
     log_lines_outage = outage_log.count("\n")
 
-    done = night_finished(db_url, len(night.lights), len(night.calibrations))
-    try:
-        wait_until(done, "the night to be finished after the outage", timeout=150, procs=procs,
-                   detail=lambda: queue_snapshot(db_url), interval=0.5)
-    finally:
-        done.engine.dispose()
+    wait_for_night(db_url, len(night.lights), len(night.calibrations),
+                   "the night to be finished after the outage", timeout=150, procs=procs)
     recovered_in = time.monotonic() - stopped_at - OUTAGE_SECONDS
     result = audit(db_url, obsdb_home / "products", expected)
     assert not result.problems, result.problems
@@ -478,11 +467,7 @@ def test_products_disk_full_then_space_returns(night, tmp_path, cli_env, db_url,
         return written
 
     def finished(n_lights: int, what: str) -> None:
-        done = night_finished(db_url, n_lights, len(night.calibrations))
-        try:
-            wait_until(done, what, timeout=90, procs=procs, detail=lambda: queue_snapshot(db_url), interval=0.5)
-        finally:
-            done.engine.dispose()
+        wait_for_night(db_url, n_lights, len(night.calibrations), what, timeout=90, procs=procs)
 
     try:
         daemon = procs.start("daemon", "-v", "daemon", incoming)
