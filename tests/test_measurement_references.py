@@ -1,5 +1,6 @@
-"""measurements' references to frames and sources (migration 0006): checked per statement,
-cascaded on delete, and safe against a delete that runs beside an insert."""
+"""measurements' references to frames and sources (migrations 0006 and 0009): checked per
+statement through the keys' indexes, cascaded on delete, and safe against a delete that
+runs beside an insert."""
 
 from __future__ import annotations
 
@@ -45,6 +46,22 @@ def test_missing_source_or_frame_is_refused_and_nothing_is_written(sessions, eng
     with sessions() as session, session.begin():
         assert copy_measurements(session, _columns(frame_id, src)) == 3
     assert _count(engine) == 3
+
+
+def test_a_frames_rows_are_checked_by_index_not_by_reading_all_sources(sessions):
+    """A frame's thousand rows against 100,000 sources: the check probes the primary key
+    (0006 read and hashed the whole table for every statement)."""
+    with sessions() as session, session.begin():
+        frame_id, src = _frame_and_sources(session, 2)
+        session.execute(text("INSERT INTO sources (ra, dec, healpix) "
+                             "SELECT 0, 0, 0 FROM generate_series(1, 100000)"))
+        session.execute(text("ANALYZE sources"))
+    with sessions() as session, session.begin():
+        ids = session.scalars(text("SELECT id FROM sources ORDER BY id LIMIT 1000")).all()
+        copy_measurements(session, _columns(frame_id, ids))
+        seq, idx = session.execute(text("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
+                                        "WHERE relname = 'sources'")).one()
+    assert seq == 0 and idx >= 1, (seq, idx)
 
 
 def test_delete_cascades_and_references_cannot_change(sessions, engine):
