@@ -166,6 +166,37 @@ def test_no_spurious_detections_on_pure_noise():
     assert np.all(stars["snr"] < 5.0)
 
 
+def test_adaptive_moments_are_the_same_in_batches(crowd, monkeypatch):
+    """Stars measured a few at a time (as broad stamps on a crowded frame are, to bound
+    memory) get exactly the moments they get all at once."""
+    from obsdb.photometry import detect
+
+    sky = estimate_background(crowd.sci)
+    data = crowd.sci - sky.sky
+    x, y = crowd.x[:300], crowd.y[:300]
+    whole = detect._adaptive_moments(data, sky.rms, None, x, y, 1.0, half=8)
+    monkeypatch.setattr(detect, "_MOMENT_BATCH_PIXELS", 17 * 17 * 7)  # 7 stars a batch
+    batched = detect._adaptive_moments(data, sky.rms, None, x, y, 1.0, half=8)
+    for name in ("x", "y", "fwhm", "ellipticity", "snr", "ok"):
+        np.testing.assert_array_equal(getattr(batched, name), getattr(whole, name), err_msg=name)
+    good = whole.ok & (crowd.flux[:300] > 1e4)
+    assert good.sum() > 50
+    # The Gaussian matched to a beta = 3 Moffat is 1.1-1.2 times as wide (its wings).
+    assert 1.05 < np.median(whole.fwhm[good]) / 3.0 < 1.25
+
+
+def test_masked_pixels_are_found_word_by_word():
+    from obsdb.photometry.apertures import _flat_true
+
+    rng = np.random.default_rng(3)
+    for shape in ((2048, 2048), (7, 3), (1, 1), (13, 17), (0, 5)):
+        for p in (0.0, 1e-4, 0.3, 1.0):
+            hide = rng.random(shape) < p
+            np.testing.assert_array_equal(_flat_true(hide), np.flatnonzero(hide))
+    strided = (rng.random((64, 64)) < 0.1)[:, ::2]
+    np.testing.assert_array_equal(_flat_true(strided), np.flatnonzero(strided))
+
+
 def test_centroids_match_the_truth_within_the_noise(crowd):
     sky = estimate_background(crowd.sci)
     stars = detect_stars(crowd.sci, sky, err=crowd.err)
