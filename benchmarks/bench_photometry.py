@@ -27,7 +27,8 @@ gradient, noise, bad pixels, cosmic rays) goes from pixels to rows in ``measurem
 
 obsdb's detection and photometry are timed by ``bench_measure.measure_frame_timings``;
 every step runs on one core (BLAS threads off; the server's work for the database write
-runs beside it); the table shows the median over frames. Then: measurement rows per second through
+runs beside it), and both chains run with the memory allocator settings of obsdb's
+workers (:mod:`obsdb.pipeline.memory`); the table shows the median over frames. Then: measurement rows per second through
 ``copy_measurements`` for ``--rows`` rows (the frames' rows repeated) beside psycopg's
 ``Copy.write_row`` (the writer before binary COPY), the same COPY into a copy of
 ``measurements`` whose references are foreign keys, checked per row (as before migration
@@ -79,6 +80,7 @@ from obsdb.photometry.ensemble import solve_ensemble  # noqa: E402
 from obsdb.photometry.growth import default_annulus, default_radii  # noqa: E402
 from obsdb.photometry.measure_stage import inst_mag  # noqa: E402
 from obsdb.photometry.writer import COLUMNS, copy_measurements  # noqa: E402
+from obsdb.pipeline.memory import keep_freed_memory  # noqa: E402
 
 # The known sky of the synthetic frames, and the header's error.
 RA0, DEC0, SCALE_ARCSEC, ROTATION_DEG = 150.0, 20.0, 0.8, 0.4
@@ -405,6 +407,8 @@ def measure(args: argparse.Namespace) -> tuple[str, list[Row], list[str]]:
     if args.frames < 1 or args.rows < 1 or args.repeat < 1:
         raise SystemExit("--frames, --rows and --repeat must be at least 1")
     baseline = not args.no_baseline
+    # Both chains run with the allocator settings of obsdb's workers.
+    allocator = "the workers' (obsdb.pipeline.memory)" if keep_freed_memory() else "the C library's defaults"
 
     with scratch_database() as engine:
         fx = prepare_database(engine, 2 * args.frames + 4 * args.repeat, max(args.rows, 3 * args.stars + 1000))
@@ -455,6 +459,7 @@ def measure(args: argparse.Namespace) -> tuple[str, list[Row], list[str]]:
                      f"astrometry rms vs truth {np.median([f['rms_plain'] for f in per_frame]):.4f} px")
     if ens is not None:
         notes.append(f"ensemble: {ens[1]:,} observations")
+    notes.append(f"memory allocator, both chains: {allocator}")
 
     total, plain_total = med("obsdb", "total"), med("plain", "total")
     checks = [(f"detection to database <= {TARGET_FRAME_S:g} s per frame per core", f"{total:.3g} s",

@@ -25,6 +25,7 @@ from obsdb.calibration.products import remove_stale_temporaries
 from obsdb.config import Settings
 from obsdb.models import Frame
 from obsdb.pipeline import queue
+from obsdb.pipeline.memory import keep_freed_memory
 from obsdb.pipeline.runtime import Runtime, set_runtime
 
 log = logging.getLogger("obsdb.pipeline")
@@ -316,4 +317,5 @@ def run_worker(runtime: Runtime, *, concurrency: int = 1, until_empty: bool = Fa
                progress: Callable[[int], None] | None = None) -> None:
     """Run jobs in this process; with ``until_empty``, return when the queue is empty."""
     set_runtime(runtime)
+    keep_freed_memory()
     asyncio.run(_run(runtime, concurrency, until_empty, progress))
