@@ -242,7 +242,7 @@ def _flat_true(flags: np.ndarray) -> np.ndarray:
     Eight pixels are tested at a time as one 64-bit word: np.nonzero on the whole frame
     takes 5 ms for a 2048 x 2048 mask, this a tenth of that.
     """
-    flat = np.ascontiguousarray(flags).reshape(-1).view(np.uint8)
+    flat = np.ascontiguousarray(flags, dtype=bool).reshape(-1).view(np.uint8)
     cut = flat.size - flat.size % 8
     words = np.flatnonzero(flat[:cut].view(np.uint64))
     cand = (words[:, None] * 8 + np.arange(8)).ravel()
@@ -327,7 +327,8 @@ def _clipped_sky(sci, mask, x, y, r_in, r_out, sigma, iters, *, estimator="mean"
         # sorted last within it): each clipping pass then counts the values beyond its
         # thresholds with one binary search per row instead of a pass over every pixel.
         reach = float(np.max(np.abs(centred), where=finite, initial=0.0)) + 1.0
-        base = rows * (2.0 * reach + 1.0)
+        span = 2.0 * reach + 1.0
+        base = rows * span
         keys = np.where(finite, centred, reach)
         keys += base[:, None]
         keys = keys.ravel()

@@ -6,7 +6,7 @@ glibc serves blocks above its mmap threshold with fresh pages from the kernel, w
 zero-fills every page on first touch, and returns them on free; it raises that
 threshold only as it sees blocks freed, and trims the heap's top as soon as 128 kB
 are free. A worker that measures frame after frame thus pays for the same page faults
-on every frame: 6 % of the detection-to-database time per frame on this project's
+on every frame: 3–6 % of the detection-to-database time per frame on this project's
 benchmark machine (``benchmarks/bench_photometry.py``). Fixing the thresholds keeps
 freed blocks in the heap for reuse.
 
