@@ -112,16 +112,49 @@ def enqueue_frame_id(app: procrastinate.App, session: Session, frame_id: int, sc
     return frame is not None and enqueue_frame(app, frame, schedule_at)
 
 
-def pending_masters(session: Session, instrument_id: int, kinds: tuple[str, ...]) -> int:
-    """Master builds of these kinds for this instrument still queued or running."""
+def pending_masters(session: Session, instrument_id: int, kinds: tuple[str, ...],
+                    except_job: int | None = None) -> int:
+    """Master builds of these kinds for this instrument still queued or running (other
+    than job ``except_job``)."""
     patterns = [f"master:{kind}/instrument={instrument_id}/%" for kind in kinds]
     return session.scalar(
         text(
             "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing') "
-            "AND task_name = :task AND lock LIKE ANY(:patterns)"
+            "AND task_name = :task AND lock LIKE ANY(:patterns) AND id IS DISTINCT FROM :except_job"
         ),
-        {"task": BUILD_MASTER, "patterns": patterns},
+        {"task": BUILD_MASTER, "patterns": patterns, "except_job": except_job},
     ) or 0
+
+
+#: The masters of its instrument that a frame's job waits for while any is queued or
+#: being built, by the frame's type: a light's reduction, a flat's or a dark's build.
+MASTERS_NEEDED = {"light": ("bias", "dark", "flat"), "flat": ("bias", "dark"), "dark": ("bias",)}
+
+
+def wake_waiting_for_masters(session: Session, instrument_id: int, finishing_job: int) -> int:
+    """Bring forward to now the waiting jobs of this instrument whose masters are no
+    longer pending once ``finishing_job`` (a master build) ends; returns how many.
+
+    They would otherwise find out at their next re-check. Only when none of the kinds a
+    job waits for is pending: a burst of builds wakes each waiting job once, after the
+    last build it needs, not after every build. A job woken while it must still wait
+    (its grace or quiet time) checks and goes back to sleep.
+    """
+    woken = 0
+    for imagetyp, kinds in MASTERS_NEEDED.items():
+        if pending_masters(session, instrument_id, kinds, except_job=finishing_job):
+            continue
+        task = REDUCE_FRAME if imagetyp == "light" else BUILD_MASTER
+        woken += session.execute(
+            text(
+                "UPDATE procrastinate_jobs j SET scheduled_at = now() FROM frames f "
+                "WHERE j.status = 'todo' AND j.task_name = :task AND j.scheduled_at > now() "
+                "AND f.id = (j.args->>'frame_id')::bigint AND f.instrument_id = :instrument "
+                "AND f.imagetyp = :imagetyp"
+            ),
+            {"task": task, "instrument": instrument_id, "imagetyp": imagetyp},
+        ).rowcount
+    return woken
 
 
 def frames_without_jobs(session: Session, state: str = "ingested") -> list[int]:

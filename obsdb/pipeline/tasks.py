@@ -28,8 +28,9 @@ from obsdb.pipeline.runtime import runtime
 
 log = logging.getLogger("obsdb.pipeline")
 
-# A prerequisite (a master still being built) is checked again after this long.
-RECHECK = timedelta(seconds=2)
+# A prerequisite (a master still being built) is checked again after this long, unless
+# the last build it waits for wakes it first (queue.wake_waiting_for_masters).
+RECHECK = timedelta(seconds=10)
 
 
 # Errors of the machine, not of the frame: the disk (or the file-size limit) is full, or
@@ -139,14 +140,15 @@ def _later(until: datetime) -> datetime:
     return max(until, datetime.now(UTC) + timedelta(seconds=1))
 
 
-def _wait_for_masters(rt, app, frame_id: int, kinds: Callable[[str], tuple[str, ...]]) -> bool:
-    """True (and the frame's job queued again shortly) while masters of ``kinds(type)``
-    for the frame's instrument are still queued or being built: do the work once, after."""
+def _wait_for_masters(rt, app, frame_id: int) -> bool:
+    """True (and the frame's job queued again for later) while masters that the frame
+    needs (queue.MASTERS_NEEDED) are still queued or being built for its instrument: do
+    the work once, after."""
     with rt.sessions() as session:
         frame = session.get(Frame, frame_id)
         if frame is None:
             return True
-        wanted = kinds(frame.imagetyp)
+        wanted = queue.MASTERS_NEEDED.get(frame.imagetyp, ())
         if wanted and queue.pending_masters(session, frame.instrument_id, wanted):
             queue.enqueue_frame(app, frame, schedule_at=datetime.now(UTC) + RECHECK)
             return True
@@ -164,8 +166,7 @@ def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
     app = rt.queue_app()
 
     def work() -> None:
-        prerequisites = {"dark": ("bias",), "flat": ("bias", "dark")}
-        if _wait_for_masters(rt, app, frame_id, lambda kind: prerequisites.get(kind, ())):
+        if _wait_for_masters(rt, app, frame_id):
             return
         built = build_master(rt.sessions, rt.settings, frame_id, now=datetime.now(UTC),
                              quiet_seconds=rt.quiet_seconds)
@@ -174,6 +175,7 @@ def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
             return
         if built.master_id is None:
             log.warning("no master for %s: %s", built.group_key, built.reason)
+            _wake_waiting(rt, frame_id, context.job.id)
             return
         log.info("built master %d v%d for %s", built.master_id, built.version, built.group_key)
         with rt.sessions() as session:
@@ -186,8 +188,20 @@ def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
                     queue.enqueue_frame_id(app, session, member)
             for light_id in lights_to_redo(session, master, rt.settings):
                 queue.enqueue_frame_id(app, session, light_id)
+        _wake_waiting(rt, frame_id, context.job.id)
 
     _guarded(context, frame_id, work)
+
+
+def _wake_waiting(rt, frame_id: int, job_id: int | None) -> None:
+    """The jobs waiting for this instrument's masters run now if this build was the last
+    they wait for."""
+    with rt.sessions() as session, session.begin():
+        frame = session.get(Frame, frame_id)
+        if frame is not None:
+            woken = queue.wake_waiting_for_masters(session, frame.instrument_id, job_id)
+            if woken:
+                log.info("%d job(s) waiting for masters of instrument %d run now", woken, frame.instrument_id)
 
 
 def reduce_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
@@ -196,7 +210,7 @@ def reduce_frame_task(context: procrastinate.JobContext, frame_id: int) -> None:
     app = rt.queue_app()
 
     def work() -> None:
-        if _wait_for_masters(rt, app, frame_id, lambda kind: ("bias", "dark", "flat")):
+        if _wait_for_masters(rt, app, frame_id):
             return
         done = reduce_light(rt.sessions, rt.settings, frame_id, now=datetime.now(UTC),
                             grace_seconds=rt.grace_seconds)
