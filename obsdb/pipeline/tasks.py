@@ -175,22 +175,27 @@ def build_master_task(context: procrastinate.JobContext, frame_id: int) -> None:
             return
         if built.master_id is None:
             log.warning("no master for %s: %s", built.group_key, built.reason)
-            _wake_waiting(rt, frame_id, context.job.id)
-            return
-        log.info("built master %d v%d for %s", built.master_id, built.version, built.group_key)
-        with rt.sessions() as session:
-            master = session.get(Master, built.master_id)
-            for dependent in stale_dependents(session, master, rt.settings.calibration):
-                member = session.scalar(
-                    select(MasterInput.frame_id).where(MasterInput.master_id == dependent.id).limit(1)
-                )
-                if member is not None:
-                    queue.enqueue_frame_id(app, session, member)
-            for light_id in lights_to_redo(session, master, rt.settings):
-                queue.enqueue_frame_id(app, session, light_id)
+        else:
+            log.info("built master %d v%d for %s", built.master_id, built.version, built.group_key)
+            _queue_what_the_master_changes(rt, app, built.master_id)
+        # Built or not, the group is settled: what waited for it goes on.
         _wake_waiting(rt, frame_id, context.job.id)
 
     _guarded(context, frame_id, work)
+
+
+def _queue_what_the_master_changes(rt, app, master_id: int) -> None:
+    """Masters built from this one, now stale, and lights that it calibrates better."""
+    with rt.sessions() as session:
+        master = session.get(Master, master_id)
+        for dependent in stale_dependents(session, master, rt.settings.calibration):
+            member = session.scalar(
+                select(MasterInput.frame_id).where(MasterInput.master_id == dependent.id).limit(1)
+            )
+            if member is not None:
+                queue.enqueue_frame_id(app, session, member)
+        for light_id in lights_to_redo(session, master, rt.settings):
+            queue.enqueue_frame_id(app, session, light_id)
 
 
 def _wake_waiting(rt, frame_id: int, job_id: int | None) -> None:
